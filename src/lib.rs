@@ -1,0 +1,7 @@
+//! keyrot rotates keys held in a PKCS#11 HSM, records every key state in a SQLite
+//! ledger and every event in a hash-chained audit trail.
+//!
+//! Layers point one way: `cli` → `workflow` → {`hsm`, `ledger`, `audit`}. Only `hsm`
+//! imports cryptoki and only `ledger` imports rusqlite.
+
+pub mod model;
