@@ -5,3 +5,5 @@
 //! imports cryptoki and only `ledger` imports rusqlite.
 
 pub mod model;
+pub mod config;
+pub mod ledger;
