@@ -5,3 +5,4 @@
 //! imports cryptoki and only `ledger` imports rusqlite.
 
 pub mod model;
+pub mod pem;
