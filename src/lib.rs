@@ -4,5 +4,6 @@
 //! Layers point one way: `cli` → `workflow` → {`hsm`, `ledger`, `audit`}. Only `hsm`
 //! imports cryptoki and only `ledger` imports rusqlite.
 
+pub mod hsm;
 pub mod model;
 pub mod pem;
