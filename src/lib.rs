@@ -4,6 +4,8 @@
 //! Layers point one way: `cli` → `workflow` → {`hsm`, `ledger`, `audit`}. Only `hsm`
 //! imports cryptoki and only `ledger` imports rusqlite.
 
-pub mod model;
 pub mod config;
+pub mod hsm;
 pub mod ledger;
+pub mod model;
+pub mod pem;
