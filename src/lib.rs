@@ -4,4 +4,5 @@
 //! Layers point one way: `cli` → `workflow` → {`hsm`, `ledger`, `audit`}. Only `hsm`
 //! imports cryptoki and only `ledger` imports rusqlite.
 
+pub mod audit;
 pub mod model;

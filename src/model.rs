@@ -47,7 +47,9 @@ impl FromStr for KeyType {
         KeyType::ALL
             .into_iter()
             .find(|t| t.as_str() == s)
-            .ok_or_else(|| format!("unknown key type {s:?} (expected aes-256, ec-p256 or rsa-3072)"))
+            .ok_or_else(|| {
+                format!("unknown key type {s:?} (expected aes-256, ec-p256 or rsa-3072)")
+            })
     }
 }
 
