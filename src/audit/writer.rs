@@ -562,3 +562,324 @@ fn read_line_ending_at(
         Ok((start, None))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+    use std::sync::{Arc, Mutex};
+
+    use chrono::TimeZone;
+    use p256::ecdsa::SigningKey;
+    use p256::ecdsa::signature::hazmat::PrehashSigner;
+    use sha2::{Digest, Sha256};
+
+    use super::*;
+    use crate::audit::{Code, Detail, ErrorKind, Outcome, VerifyOptions, key_fingerprint, verify};
+
+    fn test_key() -> SigningKey {
+        SigningKey::from_slice(&[7u8; 32]).unwrap()
+    }
+
+    fn ts(second: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 12, 4, 10, 0, second).unwrap()
+    }
+
+    fn record(n: u64) -> Record {
+        Record {
+            run: "run-1".to_owned(),
+            domain: "payments".to_owned(),
+            event: "rotation.step".to_owned(),
+            actor: Actor::current(),
+            key: None,
+            outcome: Outcome::Ok,
+            detail: Detail::new().with("n", n),
+        }
+    }
+
+    fn new_log(dir: &tempfile::TempDir) -> (PathBuf, AuditHead) {
+        let path = dir.path().join("audit.jsonl");
+        let fingerprint = key_fingerprint(test_key().verifying_key());
+        let head = create_genesis(&path, "log-1", &fingerprint, ts(0)).unwrap();
+        (path, head)
+    }
+
+    fn verify_ok(path: &Path) -> crate::audit::Report {
+        let opts = VerifyOptions {
+            pubkey: Some(*test_key().verifying_key()),
+            ..VerifyOptions::default()
+        };
+        let report = verify(path, &opts).unwrap();
+        assert_eq!(report.failure, None, "{}", report.to_text());
+        report
+    }
+
+    fn append_bytes(path: &Path, bytes: &[u8]) {
+        let mut file = OpenOptions::new().append(true).open(path).unwrap();
+        file.write_all(bytes).unwrap();
+    }
+
+    #[test]
+    fn genesis_creates_private_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, head) = new_log(&dir);
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(head.seq, 0);
+        assert_eq!(head.len, std::fs::metadata(&path).unwrap().len());
+        let report = verify_ok(&path);
+        assert_eq!(report.head, Some(head));
+    }
+
+    #[test]
+    fn genesis_rejects_existing_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, _) = new_log(&dir);
+        let fingerprint = key_fingerprint(test_key().verifying_key());
+        let err = create_genesis(&path, "log-1", &fingerprint, ts(0)).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Io);
+    }
+
+    #[test]
+    fn append_extends_chain() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, head) = new_log(&dir);
+        let mut writer = AuditWriter::open(&path, &head).unwrap();
+        let mut last = head;
+        for n in 1..=5 {
+            last = writer.append_at(&record(n), ts(n as u32)).unwrap();
+            assert_eq!(last.seq, n);
+        }
+        drop(writer);
+        assert_eq!(last.len, std::fs::metadata(&path).unwrap().len());
+        let report = verify_ok(&path);
+        assert_eq!(report.lines_verified, 6);
+        assert_eq!(report.head, Some(last));
+    }
+
+    #[test]
+    fn append_rejects_reserved_event() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, head) = new_log(&dir);
+        let mut writer = AuditWriter::open(&path, &head).unwrap();
+        let mut rec = record(1);
+        rec.event = "log.genesis".to_owned();
+        let err = writer.append(&rec).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidInput);
+    }
+
+    #[test]
+    fn checkpoint_signs_head() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, head) = new_log(&dir);
+        let mut writer = AuditWriter::open(&path, &head).unwrap();
+        let before = writer.append_at(&record(1), ts(1)).unwrap();
+        let key = test_key();
+        let mut signer = |digest: &[u8; 32]| -> Result<[u8; 64], String> {
+            let sig: p256::ecdsa::Signature =
+                key.sign_prehash(digest).map_err(|e| e.to_string())?;
+            Ok(sig.to_bytes().into())
+        };
+        let (after, info) = writer.checkpoint(&mut signer, "run-1", ts(2)).unwrap();
+        drop(writer);
+        assert_eq!(info.seq, before.seq);
+        assert_eq!(info.size, before.len);
+        assert_eq!(info.head, before.hash);
+        assert_eq!(info.line_seq, after.seq);
+        let report = verify_ok(&path);
+        assert_eq!(report.checkpoints, 1);
+        assert_eq!(report.last_checkpoint_seq, Some(2));
+        assert_eq!(report.unsealed_lines, 0);
+
+        let other = SigningKey::from_slice(&[9u8; 32]).unwrap();
+        let opts = VerifyOptions {
+            pubkey: Some(*other.verifying_key()),
+            ..VerifyOptions::default()
+        };
+        let failure = verify(&path, &opts).unwrap().failure.unwrap();
+        assert_eq!(failure.code, Code::Sig);
+        assert_eq!(failure.line, 1);
+    }
+
+    #[test]
+    fn checkpoint_reports_signer_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, head) = new_log(&dir);
+        let mut writer = AuditWriter::open(&path, &head).unwrap();
+        let mut signer = |_: &[u8; 32]| -> Result<[u8; 64], String> { Err("token".into()) };
+        let err = writer.checkpoint(&mut signer, "run-1", ts(1)).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Signer);
+        assert_eq!(writer.head(), &head);
+    }
+
+    #[test]
+    fn open_adopts_lines_after_head() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, head) = new_log(&dir);
+        let mut writer = AuditWriter::open(&path, &head).unwrap();
+        writer.append_at(&record(1), ts(1)).unwrap();
+        let newest = writer.append_at(&record(2), ts(2)).unwrap();
+        drop(writer);
+
+        let writer = AuditWriter::open(&path, &head).unwrap();
+        assert_eq!(writer.adopted(), 2);
+        assert_eq!(writer.head(), &newest);
+        assert_eq!(writer.recovered(), None);
+    }
+
+    #[test]
+    fn open_recovers_torn_tail() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, head) = new_log(&dir);
+        let (line, _) = encode_line(1, &ts(1), &head.hash, &record(1)).unwrap();
+        let torn = &line[..line.len() / 2];
+        append_bytes(&path, torn);
+
+        let writer = AuditWriter::open(&path, &head).unwrap();
+        let recovered = writer.recovered().unwrap().clone();
+        assert_eq!(recovered.offset, head.len);
+        assert_eq!(recovered.length, torn.len() as u64);
+        assert_eq!(recovered.sha256, hex::encode(Sha256::digest(torn)));
+        assert_eq!(writer.head().seq, 1);
+        let new_head = writer.head().clone();
+        drop(writer);
+
+        let report = verify_ok(&path);
+        assert_eq!(report.torn_lines_recovered, 1);
+        assert_eq!(report.total_lines, 3);
+        assert_eq!(report.head, Some(new_head.clone()));
+
+        // A run that crashed after the recovery but before the ledger update.
+        let writer = AuditWriter::open(&path, &head).unwrap();
+        assert_eq!(writer.head(), &new_head);
+        assert_eq!(writer.adopted(), 1);
+    }
+
+    #[test]
+    fn open_adopts_line_missing_newline() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, head) = new_log(&dir);
+        let (line, hash) = encode_line(1, &ts(1), &head.hash, &record(1)).unwrap();
+        append_bytes(&path, &line[..line.len() - 1]);
+
+        let writer = AuditWriter::open(&path, &head).unwrap();
+        assert_eq!(writer.adopted(), 1);
+        assert_eq!(writer.recovered(), None);
+        assert_eq!(writer.head().hash, hash);
+        assert_eq!(writer.head().len, std::fs::metadata(&path).unwrap().len());
+        drop(writer);
+        verify_ok(&path);
+    }
+
+    #[test]
+    fn open_detects_truncation() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, head) = new_log(&dir);
+        let mut writer = AuditWriter::open(&path, &head).unwrap();
+        let newest = writer.append_at(&record(1), ts(1)).unwrap();
+        drop(writer);
+        OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(head.len)
+            .unwrap();
+
+        let err = AuditWriter::open(&path, &newest).unwrap_err();
+        assert!(matches!(err, AuditError::Truncated { .. }), "{err}");
+        assert_eq!(err.kind(), ErrorKind::Inconsistent);
+    }
+
+    #[test]
+    fn open_detects_wrong_head_hash() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, head) = new_log(&dir);
+        let before = std::fs::read(&path).unwrap();
+        let wrong = AuditHead {
+            hash: "ab".repeat(32),
+            ..head
+        };
+        let err = AuditWriter::open(&path, &wrong).unwrap_err();
+        assert!(matches!(err, AuditError::Diverged(_)), "{err}");
+        assert_eq!(err.kind(), ErrorKind::Inconsistent);
+        assert_eq!(std::fs::read(&path).unwrap(), before);
+    }
+
+    #[test]
+    fn open_detects_head_not_at_line_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, head) = new_log(&dir);
+        let wrong = AuditHead {
+            len: head.len - 3,
+            ..head
+        };
+        let err = AuditWriter::open(&path, &wrong).unwrap_err();
+        assert!(matches!(err, AuditError::Diverged(_)), "{err}");
+    }
+
+    #[test]
+    fn open_rejects_unchained_line_after_head() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, head) = new_log(&dir);
+        let (line, _) = encode_line(2, &ts(1), &head.hash, &record(1)).unwrap();
+        append_bytes(&path, &line);
+        let before = std::fs::read(&path).unwrap();
+
+        let err = AuditWriter::open(&path, &head).unwrap_err();
+        let AuditError::Diverged(divergence) = &err else {
+            panic!("expected Diverged, got {err}");
+        };
+        assert_eq!(divergence.offset, head.len);
+        assert_eq!(divergence.seq, 2);
+        assert_eq!(std::fs::read(&path).unwrap(), before);
+    }
+
+    #[test]
+    fn open_missing_file_is_not_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let head = AuditHead {
+            seq: 0,
+            hash: super::super::ZERO_HASH.to_owned(),
+            len: 1,
+        };
+        let err = AuditWriter::open(&dir.path().join("none"), &head).unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::NotFound);
+    }
+
+    /// Eight threads with their own writers, like eight processes, append to one file
+    /// while sharing a simulated ledger head that may be stale when a writer opens.
+    #[test]
+    fn parallel_writers_keep_one_chain() {
+        const THREADS: u64 = 8;
+        const APPENDS: u64 = 25;
+        let dir = tempfile::tempdir().unwrap();
+        let (path, head) = new_log(&dir);
+        let ledger = Arc::new(Mutex::new(head));
+
+        let handles: Vec<_> = (0..THREADS)
+            .map(|t| {
+                let path = path.clone();
+                let ledger = Arc::clone(&ledger);
+                std::thread::spawn(move || {
+                    for n in 0..APPENDS {
+                        let known = ledger.lock().unwrap().clone();
+                        let mut writer = AuditWriter::open(&path, &known).unwrap();
+                        let mut rec = record(t * 1000 + n);
+                        rec.domain = format!("domain-{t}");
+                        let new_head = writer.append(&rec).unwrap();
+                        let mut stored = ledger.lock().unwrap();
+                        if new_head.seq > stored.seq {
+                            *stored = new_head;
+                        }
+                    }
+                })
+            })
+            .collect();
+        for handle in handles {
+            handle.join().unwrap();
+        }
+
+        let report = verify_ok(&path);
+        assert_eq!(report.lines_verified, 1 + THREADS * APPENDS);
+        assert_eq!(report.head.as_ref(), Some(&*ledger.lock().unwrap()));
+    }
+}
