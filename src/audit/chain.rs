@@ -6,7 +6,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
-use super::format::{is_lower_hex, line_hash};
+use super::format::{hex_digest, is_lower_hex, line_hash};
 use super::scan::{ParsedLine, parse_line, peek_seq};
 use super::{EVENT_GENESIS, EVENT_RECOVERED, FORMAT, ZERO_HASH};
 
@@ -244,11 +244,23 @@ impl Chain {
             .values(expected_prev, parsed.prev));
         }
 
-        self.tip = Some(Tip {
-            seq: parsed.seq,
-            hash: parsed.h.to_owned(),
-            end: offset + line.len() as u64 + 1,
-        });
+        let end = offset + line.len() as u64 + 1;
+        match &mut self.tip {
+            // Reuses the hash buffer because this runs once a line.
+            Some(tip) => {
+                tip.seq = parsed.seq;
+                tip.hash.clear();
+                tip.hash.push_str(parsed.h);
+                tip.end = end;
+            }
+            None => {
+                self.tip = Some(Tip {
+                    seq: parsed.seq,
+                    hash: parsed.h.to_owned(),
+                    end,
+                });
+            }
+        }
         Ok(Step::Accepted(parsed))
     }
 
@@ -313,17 +325,15 @@ pub(crate) fn check_line(line: &[u8], line_no: u64) -> Result<ParsedLine<'_>, Li
             format!("{} at byte {}", e.reason, e.pos),
         )
     })?;
-    let computed = line_hash(&line[..parsed.hashed_len]);
-    let mut found = [0u8; 32];
-    hex::decode_to_slice(parsed.h, &mut found).expect("scanner checked h is 64 hex digits");
-    if computed != found {
+    let computed = hex_digest(&line_hash(&line[..parsed.hashed_len]));
+    if computed != parsed.h.as_bytes() {
         return Err(LineFailure::new(
             line_no,
             Some(parsed.seq),
             Code::Hash,
             "line hash does not match its bytes",
         )
-        .values(hex::encode(computed), parsed.h));
+        .values(String::from_utf8_lossy(&computed), parsed.h));
     }
     Ok(parsed)
 }

@@ -23,6 +23,20 @@ const MAX_DEPTH: usize = 32;
 /// instead of a linear search.
 const LINEAR_KEY_LIMIT: usize = 32;
 
+/// Bytes that end the plain run of a JSON string: the closing quote, a backslash and
+/// control characters.
+static STRING_STOP: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut c = 0;
+    while c < 0x20 {
+        table[c] = true;
+        c += 1;
+    }
+    table[b'"' as usize] = true;
+    table[b'\\' as usize] = true;
+    table
+};
+
 /// Fields of a parsed line that the chain checks need.
 #[derive(Debug)]
 pub(crate) struct ParsedLine<'a> {
@@ -189,10 +203,7 @@ impl<'a> Scanner<'a> {
         let mut escaped = false;
         loop {
             let rest = &self.b[self.pos..];
-            let Some(n) = rest
-                .iter()
-                .position(|&c| c == b'"' || c == b'\\' || c < 0x20)
-            else {
+            let Some(n) = rest.iter().position(|&c| STRING_STOP[usize::from(c)]) else {
                 self.pos = self.b.len();
                 return self.fail("unterminated string");
             };

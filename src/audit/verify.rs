@@ -310,11 +310,21 @@ impl Verification<'_> {
         let line_no = self.chain.lines;
         let seq = Some(parsed.seq);
         self.report.lines_verified += 1;
-        self.report.head = Some(AuditHead {
-            seq: parsed.seq,
-            hash: parsed.h.to_owned(),
-            len: end,
-        });
+        match &mut self.report.head {
+            Some(head) => {
+                head.seq = parsed.seq;
+                head.hash.clear();
+                head.hash.push_str(parsed.h);
+                head.len = end;
+            }
+            None => {
+                self.report.head = Some(AuditHead {
+                    seq: parsed.seq,
+                    hash: parsed.h.to_owned(),
+                    len: end,
+                })
+            }
+        }
 
         if parsed.seq == 0 {
             self.check_genesis_key(line_no)?;
