@@ -215,7 +215,8 @@ pub fn verify(path: &Path, opts: &VerifyOptions) -> Result<Report, AuditError> {
     match failure {
         Some(failure) => {
             let rest = count_lines(&mut reader).map_err(read_error)?;
-            run.report.unverified_lines = run.chain.lines - failure.line + rest;
+            // A failure at the end of the file names the line after the last one.
+            run.report.unverified_lines = run.chain.lines.saturating_sub(failure.line) + rest;
             run.report.total_lines = run.chain.lines + rest;
             run.report.failure = Some(run.located(failure));
         }
