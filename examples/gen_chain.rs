@@ -83,8 +83,8 @@ fn main() {
     eprintln!("wrote {lines} lines, {size} bytes to {}", out.display());
 }
 
-/// An ordinary rotation record: about 340 bytes, or 430 for every tenth line, which
-/// names a key.
+/// Builds an ordinary rotation record: about 350 bytes as a line, or 440 on every
+/// tenth line, which names a key.
 fn rotation_record(seq: u64, actor: Actor) -> Record {
     let domain = format!("d{:02}", seq % 97);
     let version = (seq % 50) as u32 + 1;

@@ -1,5 +1,5 @@
 //! Runs the library's audit verifier on one file and prints the report and the
-//! elapsed time. It stands in for `keyrot audit-verify` in benchmarks.
+//! elapsed time, so that benchmarks can measure the verifier without the CLI.
 //!
 //! Usage: `verify_chain FILE [--pubkey PEM] [--state FILE]`. Exits 0 when the chain
 //! is valid, 21 when it is not, 66 when the file is missing and 74 on other errors.
