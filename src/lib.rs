@@ -4,6 +4,7 @@
 //! Layers point one way: `cli` → `workflow` → {`hsm`, `ledger`, `audit`}. Only `hsm`
 //! imports cryptoki and only `ledger` imports rusqlite.
 
+pub mod audit;
 pub mod config;
 pub mod hsm;
 pub mod ledger;
