@@ -413,25 +413,36 @@ impl HsmSession<'_> {
     /// Replaces this session's cached lookups with what it found, so that later
     /// operations on any key version need no further search.
     pub fn inventory(&self) -> Result<Vec<ObjectInfo>, HsmError> {
+        self.inventory_under(LABEL_PREFIX)
+    }
+
+    /// Lists the objects whose label starts with `prefix`, such as `keyrot/payments/`,
+    /// like [`HsmSession::inventory`]. Reads only the label of other objects, so a key
+    /// that another process is creating in another domain cannot disturb the listing.
+    pub fn inventory_under(&self, prefix: &str) -> Result<Vec<ObjectInfo>, HsmError> {
         let handles = call("C_FindObjects", || self.session.find_objects(&[]))?;
         let mut objects = Vec::new();
         let mut keys: HashMap<(KeyId, String), Vec<Found>> = HashMap::new();
         for handle in handles {
-            let read = call("C_GetAttributeValue", || {
-                self.session.get_attributes(handle, &INVENTORY_ATTRIBUTES)
+            let label = call("C_GetAttributeValue", || {
+                self.session.get_attributes(handle, &[AttributeType::Label])
             });
-            let attributes = match read {
-                Ok(attributes) => attributes,
+            let label = match label {
+                Ok(attributes) => label_of(&attributes),
                 Err(error) if error.is_stale_handle() => {
                     debug!(%error, "object destroyed during inventory, skipping it");
                     continue;
                 }
                 Err(error) => return Err(error),
             };
-            let info = ObjectInfo::from_attributes(&attributes);
-            if !info.label.starts_with(LABEL_PREFIX) {
+            if !label.starts_with(prefix) {
                 continue;
             }
+            let attributes = match self.read_inventory_attributes(handle)? {
+                Some(attributes) => attributes,
+                None => continue,
+            };
+            let info = ObjectInfo::from_attributes(&attributes);
             if let Some(id) = info.key_id() {
                 keys.entry((id, info.label.clone()))
                     .or_default()
@@ -441,10 +452,51 @@ impl HsmSession<'_> {
         }
         *self.lookups.borrow_mut() = Lookups {
             keys,
-            complete: true,
+            complete: Some(prefix.to_string()),
             audit: None,
         };
         debug!(objects = objects.len(), "listed keyrot objects");
         Ok(objects)
     }
+
+    /// Reads an object's inventory attributes; `None` when the object was destroyed
+    /// meanwhile.
+    ///
+    /// NOTE: SoftHSM 2.6.1 (file object store) can return attribute values that fail
+    /// to decode while another process is still writing a new object, so a failed
+    /// read is retried a few times before it counts as an error.
+    fn read_inventory_attributes(
+        &self,
+        handle: ObjectHandle,
+    ) -> Result<Option<Vec<Attribute>>, HsmError> {
+        let mut attempt = 0;
+        loop {
+            let read = call("C_GetAttributeValue", || {
+                self.session.get_attributes(handle, &INVENTORY_ATTRIBUTES)
+            });
+            match read {
+                Ok(attributes) => return Ok(Some(attributes)),
+                Err(error) if error.is_stale_handle() => {
+                    debug!(%error, "object destroyed during inventory, skipping it");
+                    return Ok(None);
+                }
+                Err(error) if attempt < 5 => {
+                    debug!(%error, attempt, "attribute read failed, retrying");
+                    attempt += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(5 << attempt));
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+}
+
+fn label_of(attributes: &[Attribute]) -> String {
+    attributes
+        .iter()
+        .find_map(|a| match a {
+            Attribute::Label(bytes) => Some(String::from_utf8_lossy(bytes).into_owned()),
+            _ => None,
+        })
+        .unwrap_or_default()
 }

@@ -23,7 +23,10 @@ mod templates;
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use std::time::Instant;
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
@@ -31,14 +34,15 @@ use cryptoki::error::{Error as CryptokiError, RvError};
 use cryptoki::object::{Attribute, ObjectHandle};
 use cryptoki::session::{Session, UserType};
 use cryptoki::slot::Slot;
-use tracing::{debug, trace};
+use fs2::FileExt;
+use tracing::{debug, trace, warn};
 
 pub use error::{HsmError, HsmErrorKind};
 pub use keys::GenerateOutcome;
 pub use objects::{ObjectInfo, ObjectKind, UsageFlags};
 pub use pin::Pin;
 
-use crate::model::{KeyId, LABEL_PREFIX};
+use crate::model::KeyId;
 use error::{rv_name, rv_of};
 use objects::{FOUND_ATTRIBUTES, Found};
 
@@ -47,6 +51,7 @@ fn call_raw<T>(
     function: &'static str,
     operation: impl FnOnce() -> cryptoki::error::Result<T>,
 ) -> cryptoki::error::Result<T> {
+    let _serialised = CallLock::acquire();
     let started = Instant::now();
     let result = operation();
     let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
@@ -58,6 +63,56 @@ fn call_raw<T>(
         }
     }
     result
+}
+
+/// File whose `flock` every PKCS#11 call of this process holds, when set.
+static CALL_LOCK: OnceLock<File> = OnceLock::new();
+
+/// Makes every later PKCS#11 call of this process hold an exclusive `flock` on
+/// `path`, so that calls of several keyrot processes on one token never overlap.
+/// Call it before [`Hsm::open`]; a second call keeps the first file.
+///
+/// NOTE: SoftHSM 2.6.1's file object store is not safe for concurrent writers in
+/// several processes: a process reading an object or `token.object` while another
+/// writes it sees no token, `CKR_GENERAL_ERROR`, or garbled attribute values. Only
+/// the calls are serialised, so runs on different domains still interleave.
+pub fn serialise_calls(path: &Path) -> std::io::Result<()> {
+    if CALL_LOCK.get().is_some() {
+        return Ok(());
+    }
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)?;
+    let _ = CALL_LOCK.set(file);
+    Ok(())
+}
+
+/// Held `flock` of [`CALL_LOCK`]; released on drop.
+struct CallLock(Option<&'static File>);
+
+impl CallLock {
+    fn acquire() -> CallLock {
+        let file = CALL_LOCK.get();
+        if let Some(file) = file
+            && let Err(error) = file.lock_exclusive()
+        {
+            warn!(%error, "failed to lock the PKCS#11 call lock; calling unserialised");
+            return CallLock(None);
+        }
+        CallLock(file)
+    }
+}
+
+impl Drop for CallLock {
+    fn drop(&mut self) {
+        if let Some(file) = self.0 {
+            let _ = FileExt::unlock(file);
+        }
+    }
 }
 
 /// Runs one PKCS#11 call like [`call_raw`] and turns a failure into
@@ -243,9 +298,9 @@ impl Hsm {
 struct Lookups {
     /// Objects of each key version this session looked up, inventoried or generated.
     keys: HashMap<(KeyId, String), Vec<Found>>,
-    /// Whether `keys` contains every object with a keyrot label because `inventory`
-    /// ran. A key version missing from `keys` then has no objects.
-    complete: bool,
+    /// Label prefix under which `keys` contains every object because an inventory of
+    /// that prefix ran. A key version under it missing from `keys` has no objects.
+    complete: Option<String>,
     /// The audit checkpoint key, once looked up.
     audit: Option<audit_key::AuditKey>,
 }
@@ -302,7 +357,13 @@ impl HsmSession<'_> {
         let lookups = self.lookups.borrow();
         match lookups.keys.get(&(*id, label.to_string())) {
             Some(found) => Some(found.clone()),
-            None if lookups.complete && label.starts_with(LABEL_PREFIX) => Some(Vec::new()),
+            None if lookups
+                .complete
+                .as_deref()
+                .is_some_and(|prefix| label.starts_with(prefix)) =>
+            {
+                Some(Vec::new())
+            }
             None => None,
         }
     }
@@ -318,7 +379,7 @@ impl HsmSession<'_> {
         let mut lookups = self.lookups.borrow_mut();
         lookups.keys.remove(&(*id, label.to_string()));
         // Without the entry, `complete` would report the key version as absent.
-        lookups.complete = false;
+        lookups.complete = None;
     }
 
     /// Returns the objects of a key version from the cache, or else from one search.
