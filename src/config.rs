@@ -56,9 +56,13 @@ impl Duration {
     /// Parses `<whole number><unit>` with unit s, m, h, d or w.
     pub fn parse(text: &str) -> Result<Duration, String> {
         let invalid = || {
-            format!("invalid duration {text:?} (expected a whole number followed by s, m, h, d or w, such as 90d)")
+            format!(
+                "invalid duration {text:?} (expected a whole number followed by s, m, h, d or w, such as 90d)"
+            )
         };
-        let unit_at = text.find(|c: char| !c.is_ascii_digit()).ok_or_else(invalid)?;
+        let unit_at = text
+            .find(|c: char| !c.is_ascii_digit())
+            .ok_or_else(invalid)?;
         let (number, unit) = text.split_at(unit_at);
         let count: i64 = number.parse().map_err(|_| invalid())?;
         let unit_seconds = match unit {
@@ -73,7 +77,9 @@ impl Duration {
         // Ten thousand years is far beyond any sensible rotation period and keeps
         // every later microsecond sum inside i64.
         if seconds > 10_000 * 366 * 86_400 {
-            return Err(format!("invalid duration {text:?}: longer than 10000 years"));
+            return Err(format!(
+                "invalid duration {text:?}: longer than 10000 years"
+            ));
         }
         Ok(Duration { seconds })
     }
@@ -590,7 +596,16 @@ rotate_every = "90d"
 
     #[test]
     fn duration_rejects_bad_text() {
-        for text in ["", "d", "90", "1.5d", "-1d", "9x", "90 d", "99999999999999999999d"] {
+        for text in [
+            "",
+            "d",
+            "90",
+            "1.5d",
+            "-1d",
+            "9x",
+            "90 d",
+            "99999999999999999999d",
+        ] {
             assert!(Duration::parse(text).is_err(), "{text:?} parsed");
         }
     }
@@ -621,7 +636,10 @@ rotate_every = "90d"
 
     #[test]
     fn unknown_key_names_line_and_key() {
-        let text = MINIMAL.replace("lock_dir = \"locks\"", "lock_dir = \"locks\"\nlockdir = \"x\"");
+        let text = MINIMAL.replace(
+            "lock_dir = \"locks\"",
+            "lock_dir = \"locks\"\nlockdir = \"x\"",
+        );
         let message = parse(&text).unwrap_err().to_string();
         assert!(message.contains("/etc/keyrot/keyrot.toml"), "{message}");
         assert!(message.contains("lockdir"), "{message}");
@@ -654,7 +672,10 @@ rotate_every = "90d"
 
     #[test]
     fn both_pin_sources_are_rejected() {
-        let text = MINIMAL.replace("pin_file = \"pin\"", "pin_file = \"pin\"\npin_env = \"PIN\"");
+        let text = MINIMAL.replace(
+            "pin_file = \"pin\"",
+            "pin_file = \"pin\"\npin_env = \"PIN\"",
+        );
         assert!(parse(&text).is_err());
     }
 }

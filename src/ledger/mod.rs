@@ -31,7 +31,9 @@ pub enum LedgerError {
         path: PathBuf,
         source: rusqlite::Error,
     },
-    #[error("ledger {path}: schema version {found} is newer than this keyrot supports ({supported})")]
+    #[error(
+        "ledger {path}: schema version {found} is newer than this keyrot supports ({supported})"
+    )]
     TooNew {
         path: PathBuf,
         found: i64,
@@ -216,6 +218,32 @@ impl Ledger {
         Ok(ledger)
     }
 
+    /// Opens an existing ledger for reading only: no migration, no pragma that writes.
+    pub fn open_read_only(path: &Path) -> Result<Ledger> {
+        if !path.exists() {
+            return Err(LedgerError::Missing {
+                path: path.to_path_buf(),
+            });
+        }
+        let ledger = Ledger::connect(path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+        ledger
+            .conn
+            .busy_timeout(BUSY_TIMEOUT)
+            .map_err(|e| ledger.error("set busy timeout", e))?;
+        let found: i64 = ledger
+            .conn
+            .pragma_query_value(None, "user_version", |row| row.get(0))
+            .map_err(|e| ledger.error("read schema version", e))?;
+        if found > schema::SCHEMA_VERSION {
+            return Err(LedgerError::TooNew {
+                path: path.to_path_buf(),
+                found,
+                supported: schema::SCHEMA_VERSION,
+            });
+        }
+        Ok(ledger)
+    }
+
     fn connect(path: &Path, flags: OpenFlags) -> Result<Ledger> {
         let conn = Connection::open_with_flags(path, flags | OpenFlags::SQLITE_OPEN_NO_MUTEX)
             .map_err(|source| LedgerError::Sqlite {
@@ -296,12 +324,23 @@ impl Ledger {
 
     /// Records the head after the genesis line; a second call with a head already
     /// present fails, so a trail is never silently replaced.
-    pub fn init_audit_head(&mut self, head: &HeadRow, log_id: &str, fingerprint: &str) -> Result<()> {
+    pub fn init_audit_head(
+        &mut self,
+        head: &HeadRow,
+        log_id: &str,
+        fingerprint: &str,
+    ) -> Result<()> {
         self.write("record audit genesis", |tx| {
             tx.execute(
                 "INSERT INTO audit_head (id, seq, hash, len, log_id, key_fingerprint)
                  VALUES (1, ?1, ?2, ?3, ?4, ?5)",
-                params![head.seq as i64, head.hash, head.len as i64, log_id, fingerprint],
+                params![
+                    head.seq as i64,
+                    head.hash,
+                    head.len as i64,
+                    log_id,
+                    fingerprint
+                ],
             )?;
             Ok(())
         })
@@ -404,8 +443,14 @@ impl Ledger {
                     .map_err(|_| self.corrupt("keys", "version", r.1.to_string()))?,
                 key_id: KeyId::from_hex(&r.2).map_err(|_| self.corrupt("keys", "key_id", r.2))?,
                 label: r.3,
-                key_type: r.4.parse().map_err(|_| self.corrupt("keys", "key_type", r.4))?,
-                state: r.5.parse().map_err(|_| self.corrupt("keys", "state", r.5))?,
+                key_type: r
+                    .4
+                    .parse()
+                    .map_err(|_| self.corrupt("keys", "key_type", r.4))?,
+                state: r
+                    .5
+                    .parse()
+                    .map_err(|_| self.corrupt("keys", "state", r.5))?,
                 created_at: r.6,
                 activated_at: r.7,
                 deprecated_at: r.8,
@@ -451,7 +496,6 @@ impl Ledger {
         run_id: &str,
         now: i64,
         reason: Option<&str>,
-        check_value: Option<&str>,
     ) -> Result<()> {
         self.write("change key state", |tx| {
             change_state(tx, domain, version, state, run_id, now)?;
@@ -459,12 +503,6 @@ impl Ledger {
                 tx.execute(
                     "UPDATE keys SET reason = ?3 WHERE domain = ?1 AND version = ?2",
                     params![domain, version, reason],
-                )?;
-            }
-            if check_value.is_some() {
-                tx.execute(
-                    "UPDATE keys SET check_value = ?3 WHERE domain = ?1 AND version = ?2",
-                    params![domain, version, check_value],
                 )?;
             }
             Ok(())
@@ -516,7 +554,15 @@ impl Ledger {
                     start.now
                 ],
             )?;
-            history(tx, start.domain, start.new_version, None, KeyState::Pending, start.run_id, start.now)?;
+            history(
+                tx,
+                start.domain,
+                start.new_version,
+                None,
+                KeyState::Pending,
+                start.run_id,
+                start.now,
+            )?;
             Ok(())
         })
     }
@@ -612,7 +658,10 @@ impl Ledger {
 
     /// Returns every unfinished run of every domain.
     pub fn all_unfinished_runs(&self) -> Result<Vec<RunRow>> {
-        self.query_runs("WHERE outcome IS NULL ORDER BY domain, started_at", params![])
+        self.query_runs(
+            "WHERE outcome IS NULL ORDER BY domain, started_at",
+            params![],
+        )
     }
 
     fn query_runs(&self, tail: &str, args: &[&dyn rusqlite::ToSql]) -> Result<Vec<RunRow>> {
@@ -651,7 +700,9 @@ impl Ledger {
         let mut runs = Vec::new();
         for item in raw {
             let (mut run, step) = item.map_err(|e| self.error("read runs", e))?;
-            run.step = step.parse().map_err(|_| self.corrupt("runs", "step", step))?;
+            run.step = step
+                .parse()
+                .map_err(|_| self.corrupt("runs", "step", step))?;
             runs.push(run);
         }
         Ok(runs)
@@ -791,7 +842,14 @@ fn history(
     tx.execute(
         "INSERT INTO key_history (domain, version, from_state, to_state, run_id, at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        params![domain, version, from.map(|s| s.as_str()), to.as_str(), run_id, now],
+        params![
+            domain,
+            version,
+            from.map(|s| s.as_str()),
+            to.as_str(),
+            run_id,
+            now
+        ],
     )?;
     Ok(())
 }

@@ -54,7 +54,9 @@ fn create_sets_schema_mode_and_wal() {
 #[test]
 fn reopen_keeps_data() {
     let (dir, mut ledger) = temp_ledger();
-    ledger.start_rotation(&start("run-1", 1, KeyId::random(), 10)).unwrap();
+    ledger
+        .start_rotation(&start("run-1", 1, KeyId::random(), 10))
+        .unwrap();
     drop(ledger);
     let ledger = Ledger::open_or_create(&dir.path().join("ledger.db")).unwrap();
     assert_eq!(ledger.keys("payments").unwrap().len(), 1);
@@ -83,17 +85,28 @@ fn newer_schema_is_rejected() {
 #[test]
 fn rotation_switch_records_history() {
     let (_dir, mut ledger) = temp_ledger();
-    ledger.start_rotation(&start("run-1", 1, KeyId::random(), 10)).unwrap();
-    ledger.switch_active("run-1", "payments", 1, None, 20).unwrap();
-    ledger.start_rotation(&start("run-2", 2, KeyId::random(), 30)).unwrap();
-    ledger.switch_active("run-2", "payments", 2, Some(1), 40).unwrap();
+    ledger
+        .start_rotation(&start("run-1", 1, KeyId::random(), 10))
+        .unwrap();
+    ledger
+        .switch_active("run-1", "payments", 1, None, 20)
+        .unwrap();
+    ledger
+        .start_rotation(&start("run-2", 2, KeyId::random(), 30))
+        .unwrap();
+    ledger
+        .switch_active("run-2", "payments", 2, Some(1), 40)
+        .unwrap();
 
     let keys = ledger.keys("payments").unwrap();
     assert_eq!(keys[0].state, KeyState::Deprecated);
     assert_eq!(keys[0].deprecated_at, Some(40));
     assert_eq!(keys[1].state, KeyState::Active);
     assert_eq!(keys[1].activated_at, Some(40));
-    assert_eq!(ledger.run("run-2", "payments").unwrap().unwrap().step, Step::Switched);
+    assert_eq!(
+        ledger.run("run-2", "payments").unwrap().unwrap().step,
+        Step::Switched
+    );
     let transitions: i64 = ledger
         .conn
         .query_row("SELECT COUNT(*) FROM key_history", [], |row| row.get(0))
@@ -104,19 +117,31 @@ fn rotation_switch_records_history() {
 #[test]
 fn second_active_key_is_rejected() {
     let (_dir, mut ledger) = temp_ledger();
-    ledger.start_rotation(&start("run-1", 1, KeyId::random(), 10)).unwrap();
-    ledger.switch_active("run-1", "payments", 1, None, 20).unwrap();
-    ledger.start_rotation(&start("run-2", 2, KeyId::random(), 30)).unwrap();
+    ledger
+        .start_rotation(&start("run-1", 1, KeyId::random(), 10))
+        .unwrap();
+    ledger
+        .switch_active("run-1", "payments", 1, None, 20)
+        .unwrap();
+    ledger
+        .start_rotation(&start("run-2", 2, KeyId::random(), 30))
+        .unwrap();
     let result = ledger.switch_active("run-2", "payments", 2, None, 40);
     assert!(result.is_err());
     let keys = ledger.keys("payments").unwrap();
-    assert_eq!(keys[1].state, KeyState::Pending, "failed switch must roll back");
+    assert_eq!(
+        keys[1].state,
+        KeyState::Pending,
+        "failed switch must roll back"
+    );
 }
 
 #[test]
 fn finished_run_is_replayable() {
     let (_dir, mut ledger) = temp_ledger();
-    ledger.start_rotation(&start("run-1", 1, KeyId::random(), 10)).unwrap();
+    ledger
+        .start_rotation(&start("run-1", 1, KeyId::random(), 10))
+        .unwrap();
     assert_eq!(ledger.unfinished_runs("payments").unwrap().len(), 1);
     ledger
         .finish_run("run-1", "payments", "rotated", "version=1", 50)
@@ -130,9 +155,15 @@ fn finished_run_is_replayable() {
 #[test]
 fn rotations_since_counts_window() {
     let (_dir, mut ledger) = temp_ledger();
-    ledger.start_rotation(&start("run-1", 1, KeyId::random(), 10)).unwrap();
-    ledger.switch_active("run-1", "payments", 1, None, 10).unwrap();
-    ledger.start_rotation(&start("run-2", 2, KeyId::random(), 100)).unwrap();
+    ledger
+        .start_rotation(&start("run-1", 1, KeyId::random(), 10))
+        .unwrap();
+    ledger
+        .switch_active("run-1", "payments", 1, None, 10)
+        .unwrap();
+    ledger
+        .start_rotation(&start("run-2", 2, KeyId::random(), 100))
+        .unwrap();
     assert_eq!(ledger.rotations_since("payments", 0).unwrap(), 2);
     assert_eq!(ledger.rotations_since("payments", 50).unwrap(), 1);
     ledger
@@ -144,8 +175,16 @@ fn rotations_since_counts_window() {
 #[test]
 fn nonce_burns_once() {
     let (_dir, mut ledger) = temp_ledger();
-    assert!(ledger.burn_nonce("n1", "payments", "rotate", "lead", "run-1", 5).unwrap());
-    assert!(!ledger.burn_nonce("n1", "payments", "rotate", "lead", "run-2", 6).unwrap());
+    assert!(
+        ledger
+            .burn_nonce("n1", "payments", "rotate", "lead", "run-1", 5)
+            .unwrap()
+    );
+    assert!(
+        !ledger
+            .burn_nonce("n1", "payments", "rotate", "lead", "run-2", 6)
+            .unwrap()
+    );
     assert_eq!(ledger.nonce_user("n1").unwrap().as_deref(), Some("run-1"));
 }
 
