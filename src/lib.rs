@@ -5,8 +5,12 @@
 //! imports cryptoki and only `ledger` imports rusqlite.
 
 pub mod audit;
+pub mod cli;
 pub mod config;
+pub mod error;
 pub mod hsm;
 pub mod ledger;
+pub mod logging;
 pub mod model;
 pub mod pem;
+pub mod workflow;

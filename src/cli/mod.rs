@@ -1,0 +1,211 @@
+//! Command-line definition (clap) and its conversion into checked workflow requests.
+//!
+//! Workflows never see clap types: `run` turns the parsed arguments and the
+//! configuration into requests and calls the workflow for each command.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::workflow::audit_verify::AuditVerifyRequest;
+use crate::workflow::rotate::RotateRequest;
+use crate::workflow::{self, Context, Outcome, OutputFormat};
+
+/// Default configuration path when neither --config nor KEYROT_CONFIG is given.
+pub const DEFAULT_CONFIG: &str = "/etc/keyrot/keyrot.toml";
+
+/// Rotate cryptographic keys held in a PKCS#11 HSM, with a SQLite ledger and a
+/// hash-chained audit trail.
+#[derive(Debug, Parser)]
+#[command(name = "keyrot", version, about, long_about = None)]
+pub struct Cli {
+    /// Configuration file (TOML).
+    #[arg(long, global = true, env = "KEYROT_CONFIG", value_name = "PATH", default_value = DEFAULT_CONFIG)]
+    pub config: PathBuf,
+
+    /// Result line format on stdout.
+    #[arg(long, global = true, value_enum, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
+
+    /// More log detail on stderr (-v info, -vv debug, -vvv trace).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, conflicts_with = "quiet")]
+    pub verbose: u8,
+
+    /// Only errors on stderr.
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create the ledger, the audit checkpoint key and the audit genesis line (idempotent).
+    Init(RunIdArgs),
+    /// Rotate a domain's key if it is due, or if --force and the rate limits allow.
+    Rotate(RotateArgs),
+    /// Summarise versions, states, last and next rotation from the ledger (no HSM).
+    Status(StatusArgs),
+    /// Verify the audit chain, its checkpoint signatures and its tail (read-only).
+    AuditVerify(AuditVerifyArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AuditVerifyArgs {
+    /// Audit file to verify [default: storage.audit_log of the configuration].
+    #[arg(value_name = "PATH")]
+    pub path: Option<PathBuf>,
+
+    /// Ledger whose audit head the file must contain (detects a file cut short).
+    #[arg(long, value_name = "PATH")]
+    pub ledger: Option<PathBuf>,
+
+    /// Checkpoint public key (PEM) that every checkpoint signature must verify with.
+    #[arg(long, value_name = "PEM")]
+    pub pubkey: Option<PathBuf>,
+
+    /// State file remembering the last verified checkpoint (detects rollback and forks);
+    /// updated only after a full successful pass.
+    #[arg(long, value_name = "FILE")]
+    pub state: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub run: RunIdArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct RunIdArgs {
+    /// Idempotency key of this run; a Control-M job passes %%ORDERID.
+    #[arg(long, env = "KEYROT_RUN_ID", value_name = "ID")]
+    pub run_id: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RotateArgs {
+    /// Key domain to rotate, as named in the configuration.
+    #[arg(long, value_name = "NAME")]
+    pub domain: String,
+
+    #[command(flatten)]
+    pub run: RunIdArgs,
+
+    /// Rotate before the domain is due; min_interval and max_per_day still apply.
+    #[arg(long)]
+    pub force: bool,
+
+    /// Report what would happen and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Only this domain.
+    #[arg(long, value_name = "NAME")]
+    pub domain: Option<String>,
+
+    #[command(flatten)]
+    pub run: RunIdArgs,
+}
+
+impl Command {
+    /// Run id given on the command line or in the environment.
+    pub fn run_id(&self) -> Option<&str> {
+        match self {
+            Command::Init(a) => a.run_id.as_deref(),
+            Command::Rotate(a) => a.run.run_id.as_deref(),
+            Command::Status(a) => a.run.run_id.as_deref(),
+            Command::AuditVerify(a) => a.run.run_id.as_deref(),
+        }
+    }
+
+    /// Domain the command is about, for the result line of a failure.
+    pub fn domain(&self) -> Option<&str> {
+        match self {
+            Command::Rotate(a) => Some(&a.domain),
+            Command::Status(a) => a.domain.as_deref(),
+            Command::Init(_) | Command::AuditVerify(_) => None,
+        }
+    }
+
+    /// Command name for logs.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Init(_) => "init",
+            Command::Rotate(_) => "rotate",
+            Command::Status(_) => "status",
+            Command::AuditVerify(_) => "audit-verify",
+        }
+    }
+
+    /// Whether the command cannot run without a configuration file.
+    pub fn needs_config(&self) -> bool {
+        match self {
+            Command::AuditVerify(a) => a.path.is_none(),
+            _ => true,
+        }
+    }
+}
+
+/// Resolves the run id: the given one after validation, or a generated one.
+pub fn resolve_run_id(given: Option<&str>) -> Result<String> {
+    match given {
+        Some(id) => {
+            workflow::validate_run_id(id)?;
+            Ok(id.to_string())
+        }
+        None => Ok(workflow::generate_run_id()),
+    }
+}
+
+/// Loads the configuration named on the command line.
+pub fn load_config(cli: &Cli) -> Result<Config> {
+    Ok(Config::load(&cli.config)?)
+}
+
+/// Runs the parsed command. `ctx` is `None` only for commands that need no
+/// configuration and found none.
+pub fn run(cli: &Cli, ctx: Option<&Context>, run_id: &str) -> Result<Outcome> {
+    if let Command::AuditVerify(args) = &cli.command {
+        let path = match (&args.path, ctx) {
+            (Some(path), _) => path.clone(),
+            (None, Some(ctx)) => ctx.config.storage.audit_log.clone(),
+            (None, None) => {
+                return Err(Error::Usage(
+                    "audit-verify needs PATH or a configuration".into(),
+                ));
+            }
+        };
+        let request = AuditVerifyRequest {
+            path,
+            ledger: args.ledger.clone(),
+            pubkey: args.pubkey.clone(),
+            state: args.state.clone(),
+        };
+        return workflow::audit_verify::audit_verify(&request, run_id);
+    }
+    let ctx = ctx.ok_or_else(|| Error::Software("command run without configuration".into()))?;
+    match &cli.command {
+        Command::AuditVerify(_) => unreachable!("handled above"),
+        Command::Init(_) => workflow::init::init(ctx),
+        Command::Rotate(args) => {
+            let request = RotateRequest {
+                domain: args.domain.clone(),
+                force: args.force,
+                dry_run: args.dry_run,
+                emergency: false,
+                reason: None,
+            };
+            workflow::rotate::rotate(ctx, &request)
+        }
+        Command::Status(args) => workflow::status::status(ctx, args.domain.as_deref()),
+    }
+}
+
+/// Turns a clap error into keyrot's usage error, keeping clap's message.
+pub fn usage_error(error: &clap::Error) -> Error {
+    Error::Usage(error.to_string().trim_end().to_string())
+}

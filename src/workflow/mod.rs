@@ -1,0 +1,164 @@
+//! Workflows: the order of steps, the locks and the transaction boundaries of every
+//! command. Workflows call the HSM, ledger and audit layers; those layers never call
+//! each other.
+
+pub mod audit_verify;
+pub mod init;
+pub mod journal;
+pub mod lock;
+pub mod outcome;
+pub mod rotate;
+pub mod session;
+pub mod status;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use chrono::{DateTime, SecondsFormat, Utc};
+
+use crate::audit::Actor;
+use crate::config::Config;
+use crate::error::{Error, Result};
+
+pub use outcome::{Outcome, OutputFormat};
+
+/// Everything a workflow needs from the command line and the environment.
+pub struct Context {
+    pub config: Config,
+    pub run_id: String,
+    pub actor: Actor,
+    pub stop: StopFlag,
+}
+
+impl Context {
+    pub fn new(config: Config, run_id: String) -> Context {
+        Context {
+            config,
+            run_id,
+            actor: Actor::current(),
+            stop: StopFlag::default(),
+        }
+    }
+
+    /// Current time in microseconds since the Unix epoch, UTC.
+    pub fn now(&self) -> i64 {
+        now_micros()
+    }
+
+    /// Returns `Error::Interrupted` if SIGTERM or SIGINT arrived; called between steps.
+    pub fn check_stop(&self, step: &str) -> Result<()> {
+        match self.stop.signal() {
+            Some(signal) => Err(Error::Interrupted {
+                signal: signal.to_string(),
+                step: step.to_string(),
+            }),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Set by the SIGTERM and SIGINT handlers; workflows poll it at step boundaries, so
+/// the HSM call in flight always finishes. A second signal of the same kind
+/// terminates the process at once.
+#[derive(Clone, Default)]
+pub struct StopFlag {
+    term: Arc<AtomicBool>,
+    int: Arc<AtomicBool>,
+}
+
+impl StopFlag {
+    /// Installs the SIGTERM and SIGINT handlers that raise this flag.
+    pub fn install(&self) -> std::io::Result<()> {
+        use signal_hook::consts::{SIGINT, SIGTERM};
+        for (signal, flag) in [(SIGTERM, &self.term), (SIGINT, &self.int)] {
+            // Registered first, so it sees the flag before this signal sets it.
+            signal_hook::flag::register_conditional_default(signal, Arc::clone(flag))?;
+            signal_hook::flag::register(signal, Arc::clone(flag))?;
+        }
+        Ok(())
+    }
+
+    /// Name of the signal that asked the run to stop, if one arrived.
+    pub fn signal(&self) -> Option<&'static str> {
+        if self.term.load(Ordering::SeqCst) {
+            Some("SIGTERM")
+        } else if self.int.load(Ordering::SeqCst) {
+            Some("SIGINT")
+        } else {
+            None
+        }
+    }
+}
+
+/// Current time in microseconds since the Unix epoch.
+///
+/// Builds with the `failpoints` feature read `KEYROT_TEST_NOW` (RFC 3339) instead,
+/// so tests can move the clock; release builds have no such hook.
+pub fn now_micros() -> i64 {
+    #[cfg(feature = "failpoints")]
+    if let Ok(text) = std::env::var("KEYROT_TEST_NOW")
+        && let Ok(time) = DateTime::parse_from_rfc3339(&text)
+    {
+        return time.timestamp_micros();
+    }
+    Utc::now().timestamp_micros()
+}
+
+/// Formats microseconds since the epoch as RFC 3339 UTC with six fractional digits.
+pub fn format_time(micros: i64) -> String {
+    DateTime::<Utc>::from_timestamp_micros(micros)
+        .unwrap_or_default()
+        .to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+/// Formats microseconds since the epoch as RFC 3339 UTC to the second.
+pub fn format_time_seconds(micros: i64) -> String {
+    DateTime::<Utc>::from_timestamp_micros(micros)
+        .unwrap_or_default()
+        .to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+/// Crash hook for the recovery tests: when `KEYROT_FAILPOINT` names this point the
+/// process kills itself with SIGKILL, and with `NAME=pause` it sleeps for ten minutes
+/// (holding its locks) so a test can act while it waits.
+///
+/// Compiled only with the `failpoints` feature; release builds do nothing here.
+#[inline]
+pub fn failpoint(_name: &str) {
+    #[cfg(feature = "failpoints")]
+    if let Ok(value) = std::env::var("KEYROT_FAILPOINT") {
+        let (point, action) = value.split_once('=').unwrap_or((value.as_str(), "kill"));
+        if point == _name {
+            if action == "pause" {
+                std::thread::sleep(std::time::Duration::from_secs(600));
+            } else {
+                let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+            }
+        }
+    }
+}
+
+/// Generates a run id for a manual run: `manual-<UTC time>-<random>`.
+pub fn generate_run_id() -> String {
+    format!(
+        "manual-{}-{:08x}",
+        Utc::now().format("%Y%m%dT%H%M%SZ"),
+        rand::random::<u32>()
+    )
+}
+
+/// Checks a run id given on the command line or in `KEYROT_RUN_ID`.
+pub fn validate_run_id(run_id: &str) -> Result<()> {
+    let valid = !run_id.is_empty()
+        && run_id.len() <= 64
+        && run_id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':'));
+    if valid {
+        Ok(())
+    } else {
+        Err(Error::Usage(format!(
+            "invalid run id {run_id:?}: use 1 to 64 letters, digits, '.', '_', '-' or ':'"
+        )))
+    }
+}
