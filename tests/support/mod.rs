@@ -1,0 +1,307 @@
+//! Test environment for driving the real `keyrot` binary: a private SoftHSM token
+//! (own `SOFTHSM2_CONF` and token folder), a PIN file, a configuration, and the
+//! ledger and audit paths, all in one temporary folder per test.
+//!
+//! A test file using it declares `mod common;` before `mod support;`.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use sha2::{Digest, Sha256};
+
+use crate::common::{SOFTHSM_MODULE, TEST_TOKEN_LABEL, TEST_USER_PIN, TestToken};
+
+pub const MODULE: &str = SOFTHSM_MODULE;
+pub const TOKEN_LABEL: &str = TEST_TOKEN_LABEL;
+/// The token's user PIN; distinctive enough that a substring search finds a leak.
+pub const PIN: &str = TEST_USER_PIN;
+
+pub struct Env {
+    pub token: TestToken,
+    pub dir: PathBuf,
+    pub softhsm_conf: PathBuf,
+    pub config: PathBuf,
+}
+
+/// One `[[domain]]` table of the configuration.
+#[derive(Clone)]
+pub struct DomainSpec {
+    pub name: String,
+    pub key_type: String,
+    pub rotate_every: String,
+    pub min_interval: String,
+    pub max_per_day: u32,
+    pub keep_deprecated: u32,
+}
+
+impl DomainSpec {
+    pub fn new(name: &str, key_type: &str) -> DomainSpec {
+        DomainSpec {
+            name: name.into(),
+            key_type: key_type.into(),
+            rotate_every: "90d".into(),
+            min_interval: "0s".into(),
+            max_per_day: 50,
+            keep_deprecated: 2,
+        }
+    }
+}
+
+/// Result of one run of the binary.
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    fn from(output: Output) -> Run {
+        Run {
+            code: output.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+
+    /// The `KEYROT-RESULT` line.
+    pub fn result_line(&self) -> &str {
+        self.stdout
+            .lines()
+            .find(|l| l.starts_with("KEYROT-RESULT"))
+            .unwrap_or_else(|| {
+                panic!(
+                    "no result line in stdout:\n{}\nstderr:\n{}",
+                    self.stdout, self.stderr
+                )
+            })
+    }
+
+    /// Value of `name=` in the result line.
+    pub fn field(&self, name: &str) -> Option<String> {
+        let prefix = format!("{name}=");
+        self.result_line()
+            .split(' ')
+            .find_map(|part| part.strip_prefix(&prefix).map(str::to_string))
+    }
+
+    /// Asserts the exit code, printing both streams when it differs.
+    pub fn expect_code(&self, code: i32) -> &Run {
+        assert_eq!(
+            self.code, code,
+            "unexpected exit code\nstdout:\n{}\nstderr:\n{}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+
+    pub fn assert_no_pin(&self) {
+        assert!(!self.stdout.contains(PIN), "PIN on stdout");
+        assert!(!self.stderr.contains(PIN), "PIN on stderr");
+    }
+}
+
+/// Everything a failing command must leave unchanged.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Snapshot {
+    pub ledger: String,
+    pub audit: Vec<u8>,
+    pub token: BTreeMap<String, String>,
+}
+
+impl Env {
+    /// Creates a token and a configuration with the given domains.
+    pub fn new(domains: &[DomainSpec]) -> Env {
+        let token = TestToken::new();
+        let dir = token.dir().to_path_buf();
+        let softhsm_conf = token.conf_path().to_path_buf();
+        let pin_file = dir.join("pin");
+        std::fs::write(&pin_file, format!("{PIN}\n")).unwrap();
+        std::fs::set_permissions(&pin_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+
+        let env = Env {
+            config: dir.join("keyrot.toml"),
+            token,
+            dir,
+            softhsm_conf,
+        };
+        env.write_config(domains, "");
+        env
+    }
+
+    /// Rewrites the configuration; `extra` is appended verbatim.
+    pub fn write_config(&self, domains: &[DomainSpec], extra: &str) {
+        let mut text = format!(
+            "[hsm]\nmodule = \"{MODULE}\"\ntoken_label = \"{TOKEN_LABEL}\"\npin_file = \"pin\"\n\n\
+             [storage]\nledger = \"ledger.db\"\naudit_log = \"audit.jsonl\"\nlock_dir = \"locks\"\n\n\
+             [log]\ndir = \"logs\"\nlevel = \"debug\"\n\n"
+        );
+        for d in domains {
+            text.push_str(&format!(
+                "[[domain]]\nname = \"{}\"\nkey_type = \"{}\"\nrotate_every = \"{}\"\nmin_interval = \"{}\"\nmax_per_day = {}\nkeep_deprecated = {}\n\n",
+                d.name, d.key_type, d.rotate_every, d.min_interval, d.max_per_day, d.keep_deprecated
+            ));
+        }
+        text.push_str(extra);
+        std::fs::write(&self.config, text).unwrap();
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    pub fn ledger(&self) -> PathBuf {
+        self.path("ledger.db")
+    }
+
+    pub fn audit(&self) -> PathBuf {
+        self.path("audit.jsonl")
+    }
+
+    pub fn pubkey(&self) -> PathBuf {
+        self.path("audit.pub.pem")
+    }
+
+    /// A `keyrot` command with this environment's configuration and token.
+    pub fn command(&self) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_keyrot"));
+        command
+            .env("KEYROT_CONFIG", &self.config)
+            .env("SOFTHSM2_CONF", &self.softhsm_conf)
+            .env_remove("KEYROT_RUN_ID")
+            .env_remove("KEYROT_FAILPOINT")
+            .env_remove("KEYROT_TEST_NOW");
+        command
+    }
+
+    /// Runs `keyrot ARGS` and checks that the PIN appears in neither stream.
+    pub fn run(&self, args: &[&str]) -> Run {
+        let run = Run::from(self.command().args(args).output().unwrap());
+        run.assert_no_pin();
+        run
+    }
+
+    /// Runs `keyrot ARGS` with extra environment variables.
+    pub fn run_with(&self, args: &[&str], vars: &[(&str, &str)]) -> Run {
+        let mut command = self.command();
+        for (name, value) in vars {
+            command.env(name, value);
+        }
+        let run = Run::from(command.args(args).output().unwrap());
+        run.assert_no_pin();
+        run
+    }
+
+    /// Runs `pkcs11-tool` against this token, logged in.
+    pub fn pkcs11_tool(&self, args: &[&str]) -> String {
+        let output = Command::new("pkcs11-tool")
+            .args([
+                "--module",
+                MODULE,
+                "--token-label",
+                TOKEN_LABEL,
+                "--login",
+                "--pin",
+                PIN,
+            ])
+            .args(args)
+            .env("SOFTHSM2_CONF", &self.softhsm_conf)
+            .output()
+            .expect("pkcs11-tool must be installed (scripts/install-deps.sh)");
+        assert!(output.status.success(), "pkcs11-tool failed: {output:?}");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// Usage line that pkcs11-tool prints for the object with this label and class.
+    pub fn usage_of(&self, label: &str, kind: &str) -> String {
+        let listing = self.pkcs11_tool(&["--list-objects"]);
+        let mut current_kind = String::new();
+        let mut current_label = String::new();
+        for line in listing.lines() {
+            if !line.starts_with(' ') {
+                current_kind = line.to_string();
+                current_label.clear();
+            } else if let Some(value) = line.trim().strip_prefix("label:") {
+                current_label = value.trim().to_string();
+            } else if let Some(value) = line.trim().strip_prefix("Usage:")
+                && current_label == label
+                && current_kind.starts_with(kind)
+            {
+                return value.trim().to_string();
+            }
+        }
+        panic!("no {kind} object labelled {label} in:\n{listing}");
+    }
+
+    /// Number of token objects whose label is `label`.
+    pub fn object_count(&self, label: &str) -> usize {
+        self.pkcs11_tool(&["--list-objects"])
+            .lines()
+            .filter(|l| l.trim().strip_prefix("label:").map(str::trim) == Some(label))
+            .count()
+    }
+
+    /// Hashes the ledger rows, the audit file and the token's object files.
+    ///
+    /// SoftHSM rewrites `token.object` on every login (its PIN counters), so that
+    /// file is left out; key objects live in their own files.
+    pub fn snapshot(&self) -> Snapshot {
+        let ledger = if self.ledger().exists() {
+            let output = Command::new("sqlite3")
+                .arg(self.ledger())
+                .arg(".dump")
+                .output()
+                .expect("sqlite3 must be installed (scripts/install-deps.sh)");
+            String::from_utf8_lossy(&output.stdout).into_owned()
+        } else {
+            String::new()
+        };
+        let audit = std::fs::read(self.audit()).unwrap_or_default();
+        let mut token = BTreeMap::new();
+        for entry in walk(&self.path("tokens")) {
+            let name = entry.file_name().unwrap().to_string_lossy().into_owned();
+            if name == "token.object" || name.ends_with(".lock") {
+                continue;
+            }
+            let bytes = std::fs::read(&entry).unwrap();
+            token.insert(name, hex::encode(Sha256::digest(&bytes)));
+        }
+        Snapshot {
+            ledger,
+            audit,
+            token,
+        }
+    }
+
+    /// Runs `audit-verify` with the public key and the ledger and asserts it passes.
+    pub fn assert_audit_valid(&self) {
+        let run = self.run(&[
+            "audit-verify",
+            self.audit().to_str().unwrap(),
+            "--pubkey",
+            self.pubkey().to_str().unwrap(),
+            "--ledger",
+            self.ledger().to_str().unwrap(),
+        ]);
+        run.expect_code(0);
+    }
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return files;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files.sort();
+    files
+}
