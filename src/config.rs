@@ -195,7 +195,7 @@ fn default_keep_deprecated() -> u32 {
     2
 }
 
-/// Where the PIN comes from. The PIN itself is read only when the HSM is opened.
+/// Source of the PIN. The PIN itself is read only when the HSM is opened.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PinSource {
     File(PathBuf),
@@ -214,7 +214,7 @@ pub struct StorageSettings {
     pub ledger: PathBuf,
     pub audit_log: PathBuf,
     pub lock_dir: PathBuf,
-    /// Where `init` exports the checkpoint public key as PEM.
+    /// Destination of the checkpoint public key PEM that `init` exports.
     pub audit_pubkey: PathBuf,
 }
 
@@ -549,7 +549,7 @@ pub fn read_pin(source: &PinSource) -> Result<String, PinError> {
     }
 }
 
-/// Why the PIN could not be read. Messages name the source, never the PIN.
+/// Reason the PIN could not be read. Messages name the source, never the PIN.
 #[derive(Debug, thiserror::Error)]
 pub enum PinError {
     #[error("{0}")]

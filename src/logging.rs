@@ -3,13 +3,18 @@
 //!
 //! The audit trail is a record, not a log: nothing here writes to it.
 
+use std::io::IsTerminal;
+
 use tracing_appender::non_blocking::WorkerGuard;
-use tracing_subscriber::filter::LevelFilter;
+use tracing_subscriber::filter::{LevelFilter, filter_fn};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{Layer, fmt};
 
 use crate::config::LogSettings;
+
+/// Target of the `started`, `finished` and `failed` events of a run.
+pub const OUTCOME_TARGET: &str = "keyrot::outcome";
 
 /// Level for stderr from `-v` and `-q`: warnings by default.
 pub fn stderr_level(verbose: u8, quiet: bool) -> LevelFilter {
@@ -27,11 +32,15 @@ pub fn stderr_level(verbose: u8, quiet: bool) -> LevelFilter {
 /// Installs the subscriber. Keep the returned guard alive until exit: dropping it
 /// flushes the file writer.
 pub fn init(stderr: LevelFilter, file: Option<&LogSettings>) -> Option<WorkerGuard> {
+    // The outcome events repeat what main prints on stderr and stdout itself, so they
+    // go to the log file only.
     let stderr_layer = fmt::layer()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .without_time()
-        .with_filter(stderr);
+        .with_filter(stderr)
+        .with_filter(filter_fn(|meta| meta.target() != OUTCOME_TARGET));
 
     let mut guard = None;
     let file_layer = file.and_then(|settings| {

@@ -12,8 +12,7 @@ use keyrot::workflow::{Context, Outcome, OutputFormat};
 
 fn main() -> ExitCode {
     // Every file keyrot creates (ledger and its WAL, logs, locks) is private to its
-    // owner; the exported public key is the one file meant to be shared, and it is
-    // copied out by the operator.
+    // owner. The exported public key is meant to be shared, so the operator copies it.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -60,7 +59,7 @@ fn main() -> ExitCode {
                 .install()
                 .map_err(|e| Error::Software(format!("failed to install signal handlers: {e}")))?;
         }
-        tracing::info!("started");
+        tracing::info!(target: logging::OUTCOME_TARGET, "started");
         cli::run(&cli, ctx.as_ref(), &run_id)
     }));
     let result = match result {
@@ -87,12 +86,12 @@ fn finish(
 ) -> ExitCode {
     let outcome = match result {
         Ok(outcome) => {
-            tracing::info!(outcome = %outcome.outcome, code = outcome.code, "finished");
+            tracing::info!(target: logging::OUTCOME_TARGET, outcome = %outcome.outcome, code = outcome.code, "finished");
             outcome
         }
         Err(error) => {
             let outcome = Outcome::from_error(&error, domain, run_id);
-            tracing::error!(error = %error.to_string().lines().next().unwrap_or(""), code = outcome.code, "failed");
+            tracing::error!(target: logging::OUTCOME_TARGET, error = %error.to_string().lines().next().unwrap_or(""), code = outcome.code, "failed");
             eprintln!("keyrot: error: {error}");
             outcome
         }

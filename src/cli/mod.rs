@@ -141,7 +141,7 @@ impl Command {
         }
     }
 
-    /// Whether the command cannot run without a configuration file.
+    /// Returns whether the command needs a configuration file.
     pub fn needs_config(&self) -> bool {
         match self {
             Command::AuditVerify(a) => a.path.is_none(),

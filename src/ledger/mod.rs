@@ -169,7 +169,7 @@ pub struct CheckpointRow {
     pub signed_at: i64,
 }
 
-/// What starting a rotation records in one transaction.
+/// Fields of a rotation's intent, written in one transaction.
 #[derive(Debug, Clone)]
 pub struct RotationStart<'a> {
     pub run_id: &'a str,

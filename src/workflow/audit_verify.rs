@@ -12,7 +12,7 @@ use crate::ledger::Ledger;
 
 use super::Outcome;
 
-/// What to verify and against which anchors.
+/// Audit file to verify and the anchors to check it against.
 #[derive(Debug, Clone, Default)]
 pub struct AuditVerifyRequest {
     pub path: PathBuf,

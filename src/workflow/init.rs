@@ -113,7 +113,7 @@ pub fn export_public_key(ctx: &Context, public_key: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// Reads an audit file that holds exactly one valid genesis line, returning its head,
+/// Reads an audit file that contains exactly one valid genesis line, returning its head,
 /// checkpoint key fingerprint and log id; any other file is an inconsistency.
 fn read_lone_genesis(path: &Path) -> Result<(audit::AuditHead, String, String)> {
     let report = audit::verify(path, &audit::VerifyOptions::default())?;

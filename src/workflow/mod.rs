@@ -71,7 +71,7 @@ impl StopFlag {
     pub fn install(&self) -> std::io::Result<()> {
         use signal_hook::consts::{SIGINT, SIGTERM};
         for (signal, flag) in [(SIGTERM, &self.term), (SIGINT, &self.int)] {
-            // Registered first, so it sees the flag before this signal sets it.
+            // Registered first, so it reads the flag before this signal sets it.
             signal_hook::flag::register_conditional_default(signal, Arc::clone(flag))?;
             signal_hook::flag::register(signal, Arc::clone(flag))?;
         }

@@ -1,9 +1,9 @@
 //! `keyrot rotate`: replace a domain's active key with a new one, step by step.
 //!
 //! Every step records its intent in the ledger before it touches the HSM, so a run
-//! killed anywhere leaves a record the next run finishes:
-//! intent (pending row) → generate → self-test → switch (one transaction) →
-//! retention → converge HSM usage flags to the ledger → postconditions → seal.
+//! killed anywhere leaves a record that the next run finishes. The steps are intent
+//! (pending row), generate, self-test, switch (one transaction), retention, converge
+//! the HSM usage flags to the ledger, postconditions and seal.
 //!
 //! An unfinished rotation left by another run id is handled by one rule: if it had
 //! not yet switched keys it is abandoned (its pending key destroyed, an audit line
@@ -24,7 +24,7 @@ use super::{Context, Outcome, failpoint, format_time, format_time_seconds, init}
 
 const DAY_MICROS: i64 = 86_400 * 1_000_000;
 
-/// What the operator asked for.
+/// Rotation request from the command line.
 #[derive(Debug, Clone, Default)]
 pub struct RotateRequest {
     pub domain: String,
@@ -322,7 +322,7 @@ impl<'a> Rotation<'a> {
                 .set_step(&run.run_id, self.domain(), Step::Converged)?;
         }
 
-        // Postconditions: every key of the domain as the ledger says, nothing extra.
+        // Postconditions: every key of the domain matches the ledger, and nothing extra exists.
         let keys = self.ledger.keys(self.domain())?;
         check_invariants(self.domain(), &keys)?;
         let inventory = self.inventory()?;

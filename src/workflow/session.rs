@@ -1,4 +1,4 @@
-//! Opening the HSM for a run, and comparing what the HSM holds with the ledger.
+//! Opening the HSM for a run, and comparing the HSM's objects with the ledger.
 
 use crate::config::{Config, read_pin};
 use crate::error::{Error, Result};
