@@ -12,13 +12,16 @@
 //!
 //! `version` and `requester` may be `null`. The signature is not computed over the
 //! JSON text, so the document can be re-indented without breaking it. It covers
-//! the byte string that [`Approval::signed_bytes`] builds: the context string
-//! `keyrot.approval.v1` and a zero byte, then each claim as a 4-byte big-endian
-//! length followed by its UTF-8 bytes, in the order domain, action, version,
-//! reason, requester, approver, issued_at, expires_at, nonce. An absent version or
-//! requester is the empty string, a version is written in decimal, and both times are
-//! decimal Unix seconds. The signature is raw `r‖s` (64 bytes, 128 lowercase hex
-//! digits) over SHA-256 of those bytes.
+//! the byte string that [`Approval::signed_bytes`] builds:
+//!
+//! - the context string `keyrot.approval.v1` and a zero byte;
+//! - then each claim as a 4-byte big-endian length followed by its UTF-8 bytes, in the
+//!   order domain, action, version, reason, requester, approver, issued_at,
+//!   expires_at, nonce.
+//!
+//! An absent version or requester is the empty string, and a version is written in
+//! decimal. Both times are decimal Unix seconds. The signature is ECDSA P-256 over
+//! SHA-256 of those bytes, stored as raw `r‖s` (64 bytes, 128 lowercase hex digits).
 //!
 //! This module only parses, signs and verifies documents. It never reads the ledger
 //! or the HSM. Matching a document to a request and burning its nonce are done by
@@ -40,14 +43,14 @@ use crate::config::validate_domain_name;
 /// Value of the `format` field, and the context string that starts the signed bytes.
 pub const FORMAT: &str = "keyrot.approval.v1";
 
-/// Longest time from `issued_at` to `expires_at`. An approval is for an emergency
+/// Maximum time from `issued_at` to `expires_at`. An approval is for an emergency
 /// at hand; a longer-lived one would act as a standing permission.
 pub const MAX_LIFETIME_SECONDS: i64 = 7 * 86_400;
 
-/// Longest `reason` in bytes; it is copied into the audit trail.
+/// Maximum length of `reason` in bytes, because it is copied into the audit trail.
 pub const MAX_REASON_BYTES: usize = 1_024;
 
-/// Largest approval file read, far above any valid document.
+/// Maximum size of an approval file, far above any valid document.
 const MAX_DOCUMENT_BYTES: u64 = 64 * 1_024;
 
 /// Action an approval allows.
@@ -102,7 +105,7 @@ pub struct SignedApproval {
     pub signature: [u8; 64],
 }
 
-/// Why a document is not a valid approval. Messages name the field at fault.
+/// Reason a document is not a valid approval. Messages name the field at fault.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ApprovalError {
     #[error("invalid approval document: {0}")]
@@ -111,7 +114,7 @@ pub enum ApprovalError {
     BadSignature { approver: String },
 }
 
-/// Why an approver key file could not be used. Messages never contain key material.
+/// Failure to use an approver key file. Messages never contain key material.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyFileError {
     #[error("key file {} not found", .0.display())]
@@ -321,7 +324,7 @@ impl SignedApproval {
     }
 }
 
-/// Why an approval file could not be used.
+/// Failure to read or parse an approval file.
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
     #[error("failed to read approval file {}: {source}", .path.display())]
@@ -409,7 +412,7 @@ fn key_io_error(path: &Path, source: std::io::Error) -> KeyFileError {
     }
 }
 
-/// Whether `name` can be an account or approver name: 1 to 64 ASCII letters, digits,
+/// Checks that `name` can be an account or approver name: 1 to 64 ASCII letters, digits,
 /// `.`, `_` or `-`.
 pub fn is_account_name(name: &str) -> bool {
     !name.is_empty()

@@ -1,4 +1,5 @@
-//! Which pool owns a key domain: rendezvous (highest random weight) hashing.
+//! Ownership of key domains by pools, through rendezvous (highest random weight)
+//! hashing.
 //!
 //! Each pool's score for a domain is SHA-256(pool name ‖ 0x00 ‖ domain name), read
 //! as a 256-bit big-endian number, and the pool with the highest score owns the
@@ -114,13 +115,12 @@ mod tests {
             domains in domain_names(),
         ) {
             prop_assume!(pools.len() > 1);
-            let removed = index.index(pools.len());
             let mut shrunk = pools.clone();
-            let gone = shrunk.remove(removed);
+            let removed_pool = shrunk.remove(index.index(pools.len()));
             for domain in &domains {
                 let before = owner(&pools, domain).unwrap();
                 let after = owner(&shrunk, domain).unwrap();
-                prop_assert!(before == gone.as_str() || after == before);
+                prop_assert!(before == removed_pool.as_str() || after == before);
             }
         }
     }

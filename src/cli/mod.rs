@@ -72,7 +72,7 @@ pub struct ApproveArgs {
     #[arg(long, value_name = "N")]
     pub version: Option<u32>,
 
-    /// Why the emergency action is needed; recorded in the audit trail.
+    /// Reason for the emergency action, recorded in the audit trail.
     #[arg(long, value_name = "TEXT")]
     pub reason: String,
 
@@ -152,7 +152,7 @@ pub struct RotateArgs {
     #[arg(long, requires = "reason")]
     pub emergency: bool,
 
-    /// Why the emergency rotation is needed; recorded in the ledger and audit trail.
+    /// Reason for the emergency rotation, recorded in the ledger and audit trail.
     #[arg(long, value_name = "TEXT", requires = "emergency")]
     pub reason: Option<String>,
 

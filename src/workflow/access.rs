@@ -42,7 +42,7 @@ use super::{Context, Outcome};
 /// clock, to allow for clock differences between the approver's machine and this one.
 const ISSUE_SKEW_SECONDS: i64 = 300;
 
-/// What the caller asks to do.
+/// Action a caller requests on a domain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action<'a> {
     Rotate {
@@ -133,10 +133,12 @@ struct Refusal<'a> {
 /// Reads the configuration, the approval file, the approver's public key and the
 /// ledger (for the nonce), and never the HSM. On refusal it appends one
 /// `access.refused` audit line (see the module documentation) and returns:
-/// `Error::NoPermission` (77) for an unlisted user or a domain owned by another pool,
-/// `Error::NoInput` (66) for a missing approval file, `Error::ApprovalRequired` (12)
-/// for a missing, invalid, expired, mismatched, self-signed or used approval, and
-/// `Error::Config` (78) for an approver public key that cannot be read.
+///
+/// - `Error::NoPermission` (77): the user is not listed, or another pool owns the domain.
+/// - `Error::NoInput` (66): the approval file does not exist.
+/// - `Error::ApprovalRequired` (12): the approval is missing, invalid, expired,
+///   mismatched, signed by the requester or already used.
+/// - `Error::Config` (78): the approver's public key cannot be read.
 pub fn authorise(
     ctx: &Context,
     action: &Action<'_>,
@@ -200,7 +202,7 @@ pub fn authorise(
 }
 
 impl Authorisation {
-    /// The nonce to burn with the run's intent, if an approval was given.
+    /// Returns the nonce to burn with the run's intent, if an approval was given.
     pub fn approval_use(&self) -> Option<ApprovalUse<'_>> {
         self.approval.as_ref().map(|a| ApprovalUse {
             nonce: &a.document.approval.nonce,
@@ -497,7 +499,8 @@ fn record_refusal_opening(ctx: &Context, refusal: &Refusal<'_>, error: Error) ->
 }
 
 /// Appends the refusal's audit line with its own journal, so the run's journal does
-/// not seal it. Failure to write is logged, never returned: the refusal stands.
+/// not seal it. A failure to write is logged and not returned, because the refusal itself is the
+/// error the caller must see.
 fn record_refusal(ctx: &Context, ledger: &mut Ledger, refusal: &Refusal<'_>, error: &Error) {
     match ledger.audit_head() {
         Ok(Some(_)) => {}

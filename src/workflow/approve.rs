@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 
 use super::{Context, Outcome};
 
-/// What the approver asked for.
+/// Approval request of an approver: the claims, the signing key and the output.
 #[derive(Debug, Clone)]
 pub struct ApproveRequest {
     pub domain: String,
