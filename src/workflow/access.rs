@@ -211,6 +211,15 @@ impl Authorisation {
         })
     }
 
+    /// Returns a copy without the approval, for a rotation started inside a run whose
+    /// own intent already burned the nonce (a revoke of the active key rotates first).
+    pub fn without_approval(&self) -> Authorisation {
+        Authorisation {
+            approval: None,
+            ..self.clone()
+        }
+    }
+
     /// Checks a rotation approval's `version` against the domain's active version.
     /// The caller runs it under the domain lock, so no other rotation intervenes.
     pub fn check_active_version(&self, active: Option<u32>) -> Result<()> {
