@@ -45,6 +45,12 @@ lock_dir = "locks"
 dir = "logs"
 level = "info"
 
+# The demo's own account may run scheduled and emergency commands; an empty list
+# would admit nobody.
+[access]
+scheduler_users = ["$(id -un)"]
+emergency_users = ["$(id -un)"]
+
 [[domain]]
 name = "payments"
 key_type = "aes-256"

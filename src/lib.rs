@@ -4,6 +4,7 @@
 //! Layers point one way: `cli` → `workflow` → {`hsm`, `ledger`, `audit`}. Only `hsm`
 //! imports cryptoki and only `ledger` imports rusqlite.
 
+pub mod approval;
 pub mod audit;
 pub mod cli;
 pub mod config;
@@ -13,4 +14,5 @@ pub mod ledger;
 pub mod logging;
 pub mod model;
 pub mod pem;
+pub mod pool;
 pub mod workflow;

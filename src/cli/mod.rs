@@ -7,8 +7,10 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::Config;
+use crate::approval::ApprovalAction;
+use crate::config::{Config, Duration};
 use crate::error::{Error, Result};
+use crate::workflow::approve::ApproveRequest;
 use crate::workflow::audit_verify::AuditVerifyRequest;
 use crate::workflow::rotate::RotateRequest;
 use crate::workflow::{self, Context, Outcome, OutputFormat};
@@ -51,6 +53,51 @@ pub enum Command {
     Status(StatusArgs),
     /// Verify the audit chain, its checkpoint signatures and its tail (read-only).
     AuditVerify(AuditVerifyArgs),
+    /// Sign an approval for an emergency rotate or revoke (approver side; no HSM).
+    Approve(ApproveArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ApproveArgs {
+    /// Key domain the approval is for.
+    #[arg(long, value_name = "NAME")]
+    pub domain: String,
+
+    /// Action the approval allows.
+    #[arg(long, value_enum)]
+    pub action: ApprovalAction,
+
+    /// Key version: the target of a revoke (required), or the active version a
+    /// rotation must replace (optional).
+    #[arg(long, value_name = "N")]
+    pub version: Option<u32>,
+
+    /// Reason for the emergency action, recorded in the audit trail.
+    #[arg(long, value_name = "TEXT")]
+    pub reason: String,
+
+    /// How long the approval stays valid, such as 30m or 4h (at most 7d).
+    #[arg(long, value_name = "DURATION", value_parser = Duration::parse)]
+    pub expires_in: Duration,
+
+    /// Approver's P-256 private key, PEM (PKCS#8 or SEC1), mode 0600 or 0400.
+    #[arg(long, value_name = "PEM")]
+    pub key: PathBuf,
+
+    /// Approver name as listed in access.approvers [default: the current account name].
+    #[arg(long, value_name = "NAME")]
+    pub approver: Option<String>,
+
+    /// Account name of the only user who may use the approval.
+    #[arg(long, value_name = "USER")]
+    pub requester: Option<String>,
+
+    /// File to create with mode 0600 [default: print the document on stdout].
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub run: RunIdArgs,
 }
 
 #[derive(Debug, Args)]
@@ -99,13 +146,30 @@ pub struct RotateArgs {
     /// Report what would happen and change nothing.
     #[arg(long)]
     pub dry_run: bool,
+
+    /// Rotate now, out of schedule: needs --reason and a signed --approval, skips the
+    /// due check and min_interval, and still counts against max_per_day.
+    #[arg(long, requires = "reason")]
+    pub emergency: bool,
+
+    /// Reason for the emergency rotation, recorded in the ledger and audit trail.
+    #[arg(long, value_name = "TEXT", requires = "emergency")]
+    pub reason: Option<String>,
+
+    /// Approval document from `keyrot approve`.
+    #[arg(long, value_name = "FILE", requires = "emergency")]
+    pub approval: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
 pub struct StatusArgs {
     /// Only this domain.
-    #[arg(long, value_name = "NAME")]
+    #[arg(long, value_name = "NAME", conflicts_with = "pools")]
     pub domain: Option<String>,
+
+    /// Show which pool owns each domain (configuration only, no ledger).
+    #[arg(long)]
+    pub pools: bool,
 
     #[command(flatten)]
     pub run: RunIdArgs,
@@ -119,6 +183,7 @@ impl Command {
             Command::Rotate(a) => a.run.run_id.as_deref(),
             Command::Status(a) => a.run.run_id.as_deref(),
             Command::AuditVerify(a) => a.run.run_id.as_deref(),
+            Command::Approve(a) => a.run.run_id.as_deref(),
         }
     }
 
@@ -127,6 +192,7 @@ impl Command {
         match self {
             Command::Rotate(a) => Some(&a.domain),
             Command::Status(a) => a.domain.as_deref(),
+            Command::Approve(a) => Some(&a.domain),
             Command::Init(_) | Command::AuditVerify(_) => None,
         }
     }
@@ -138,6 +204,7 @@ impl Command {
             Command::Rotate(_) => "rotate",
             Command::Status(_) => "status",
             Command::AuditVerify(_) => "audit-verify",
+            Command::Approve(_) => "approve",
         }
     }
 
@@ -145,6 +212,7 @@ impl Command {
     pub fn needs_config(&self) -> bool {
         match self {
             Command::AuditVerify(a) => a.path.is_none(),
+            Command::Approve(_) => false,
             _ => true,
         }
     }
@@ -187,20 +255,36 @@ pub fn run(cli: &Cli, ctx: Option<&Context>, run_id: &str) -> Result<Outcome> {
         };
         return workflow::audit_verify::audit_verify(&request, run_id);
     }
+    if let Command::Approve(args) = &cli.command {
+        let request = ApproveRequest {
+            domain: args.domain.clone(),
+            action: args.action,
+            version: args.version,
+            reason: args.reason.clone(),
+            requester: args.requester.clone(),
+            approver: args.approver.clone(),
+            expires_in: args.expires_in,
+            key: args.key.clone(),
+            out: args.out.clone(),
+        };
+        return workflow::approve::approve(ctx, &request, run_id);
+    }
     let ctx = ctx.ok_or_else(|| Error::Software("command run without configuration".into()))?;
     match &cli.command {
-        Command::AuditVerify(_) => unreachable!("handled above"),
+        Command::AuditVerify(_) | Command::Approve(_) => unreachable!("handled above"),
         Command::Init(_) => workflow::init::init(ctx),
         Command::Rotate(args) => {
             let request = RotateRequest {
                 domain: args.domain.clone(),
                 force: args.force,
                 dry_run: args.dry_run,
-                emergency: false,
-                reason: None,
+                emergency: args.emergency,
+                reason: args.reason.clone(),
+                approval: args.approval.clone(),
             };
             workflow::rotate::rotate(ctx, &request)
         }
+        Command::Status(args) if args.pools => workflow::access::pool_status(ctx),
         Command::Status(args) => workflow::status::status(ctx, args.domain.as_deref()),
     }
 }

@@ -187,6 +187,24 @@ pub struct RotationStart<'a> {
     pub reason: Option<&'a str>,
 }
 
+/// An approval consumed by the run that a [`RotationStart`] records.
+#[derive(Debug, Clone)]
+pub struct ApprovalUse<'a> {
+    pub nonce: &'a str,
+    pub approver: &'a str,
+    /// `rotate` or `revoke`.
+    pub action: &'a str,
+}
+
+/// Result of recording a run's intent together with an approval.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StartResult {
+    /// The run is recorded and the nonce, if any, is burned.
+    Started,
+    /// The nonce was burned before by `run_id`; nothing was written.
+    NonceUsed { run_id: String },
+}
+
 /// Open connection to the ledger file.
 pub struct Ledger {
     conn: Connection,
@@ -524,7 +542,20 @@ impl Ledger {
 
     /// Records the intent of a rotation: the run row and the pending key, in one transaction.
     pub fn start_rotation(&mut self, start: &RotationStart<'_>) -> Result<()> {
+        self.start_rotation_approved(start, None).map(drop)
+    }
+
+    /// Records the intent of a rotation and burns the approval's nonce in the same
+    /// transaction, so an approval is used exactly when its run exists.
+    pub fn start_rotation_approved(
+        &mut self,
+        start: &RotationStart<'_>,
+        approval: Option<&ApprovalUse<'_>>,
+    ) -> Result<StartResult> {
         self.write("record rotation intent", |tx| {
+            if let Some(run_id) = burn(tx, start, approval)? {
+                return Ok(StartResult::NonceUsed { run_id });
+            }
             tx.execute(
                 "INSERT INTO runs (run_id, domain, kind, step, new_version, old_version, actor,
                                    emergency, started_at, target_version, reason)
@@ -563,13 +594,26 @@ impl Ledger {
                 start.run_id,
                 start.now,
             )?;
-            Ok(())
+            Ok(StartResult::Started)
         })
     }
 
     /// Records the start of a run that creates no key (a revoke of a deprecated key).
     pub fn start_run(&mut self, start: &RotationStart<'_>) -> Result<()> {
+        self.start_run_approved(start, None).map(drop)
+    }
+
+    /// Records the start of a run that creates no key and burns the approval's nonce
+    /// in the same transaction.
+    pub fn start_run_approved(
+        &mut self,
+        start: &RotationStart<'_>,
+        approval: Option<&ApprovalUse<'_>>,
+    ) -> Result<StartResult> {
         self.write("record run intent", |tx| {
+            if let Some(run_id) = burn(tx, start, approval)? {
+                return Ok(StartResult::NonceUsed { run_id });
+            }
             tx.execute(
                 "INSERT INTO runs (run_id, domain, kind, step, actor, emergency, started_at,
                                    target_version, reason)
@@ -585,7 +629,7 @@ impl Ledger {
                     start.reason
                 ],
             )?;
-            Ok(())
+            Ok(StartResult::Started)
         })
     }
 
@@ -721,6 +765,24 @@ impl Ledger {
             .map_err(|e| self.error("count rotations", e))
     }
 
+    /// Returns the start times of the rotations that [`Ledger::rotations_since`] counts,
+    /// oldest first.
+    pub fn rotation_starts_since(&self, domain: &str, since: i64) -> Result<Vec<i64>> {
+        let mut statement = self
+            .conn
+            .prepare_cached(
+                "SELECT started_at FROM runs WHERE domain = ?1 AND kind = 'rotate'
+                   AND started_at >= ?2 AND (outcome IS NULL OR outcome != 'abandoned')
+                 ORDER BY started_at",
+            )
+            .map_err(|e| self.error("read rotation times", e))?;
+        let times = statement
+            .query_map(params![domain, since], |row| row.get(0))
+            .and_then(|rows| rows.collect::<rusqlite::Result<Vec<i64>>>())
+            .map_err(|e| self.error("read rotation times", e))?;
+        Ok(times)
+    }
+
     /// Returns the newest timestamp the ledger holds, for detecting a clock moved backwards.
     pub fn newest_timestamp(&self) -> Result<Option<i64>> {
         self.conn
@@ -784,6 +846,40 @@ fn classify(path: &Path, action: &'static str, source: rusqlite::Error) -> Ledge
             source,
         },
     }
+}
+
+/// Inserts the approval's nonce, or returns the run that burned it before.
+fn burn(
+    tx: &rusqlite::Transaction<'_>,
+    start: &RotationStart<'_>,
+    approval: Option<&ApprovalUse<'_>>,
+) -> rusqlite::Result<Option<String>> {
+    let Some(approval) = approval else {
+        return Ok(None);
+    };
+    let used_by: Option<String> = tx
+        .query_row(
+            "SELECT run_id FROM approvals_used WHERE nonce = ?1",
+            params![approval.nonce],
+            |row| row.get(0),
+        )
+        .optional()?;
+    if used_by.is_some() {
+        return Ok(used_by);
+    }
+    tx.execute(
+        "INSERT INTO approvals_used (nonce, domain, action, approver, run_id, used_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![
+            approval.nonce,
+            start.domain,
+            approval.action,
+            approval.approver,
+            start.run_id,
+            start.now
+        ],
+    )?;
+    Ok(None)
 }
 
 fn update_head(tx: &rusqlite::Transaction<'_>, head: &HeadRow) -> rusqlite::Result<()> {

@@ -207,3 +207,53 @@ fn audit_head_round_trip() {
     ledger.set_audit_head(&next).unwrap();
     assert_eq!(ledger.audit_head().unwrap().unwrap().0, next);
 }
+
+#[test]
+fn approved_start_burns_nonce_once() {
+    let (_dir, mut ledger) = temp_ledger();
+    let approval = ApprovalUse {
+        nonce: "00112233445566778899aabbccddeeff",
+        approver: "sec-lead",
+        action: "rotate",
+    };
+    let first = ledger
+        .start_rotation_approved(&start("run-1", 1, KeyId::random(), 10), Some(&approval))
+        .unwrap();
+    assert_eq!(first, StartResult::Started);
+    assert_eq!(
+        ledger.nonce_user(approval.nonce).unwrap().as_deref(),
+        Some("run-1")
+    );
+
+    let second = ledger
+        .start_rotation_approved(&start("run-2", 2, KeyId::random(), 20), Some(&approval))
+        .unwrap();
+    assert_eq!(
+        second,
+        StartResult::NonceUsed {
+            run_id: "run-1".into()
+        }
+    );
+    assert!(
+        ledger.run("run-2", "payments").unwrap().is_none(),
+        "a refused start records no run"
+    );
+    assert_eq!(ledger.keys("payments").unwrap().len(), 1);
+}
+
+#[test]
+fn rotation_start_times_are_oldest_first() {
+    let (_dir, mut ledger) = temp_ledger();
+    for (index, now) in [100, 200, 300].into_iter().enumerate() {
+        let run_id = format!("run-{index}");
+        let version = index as u32 + 1;
+        ledger
+            .start_rotation(&start(&run_id, version, KeyId::random(), now))
+            .unwrap();
+    }
+    assert_eq!(
+        ledger.rotation_starts_since("payments", 150).unwrap(),
+        vec![200, 300]
+    );
+    assert_eq!(ledger.rotations_since("payments", 150).unwrap(), 2);
+}

@@ -2,6 +2,8 @@
 //! command. Workflows call the HSM, ledger and audit layers; those layers never call
 //! each other.
 
+pub mod access;
+pub mod approve;
 pub mod audit_verify;
 pub mod init;
 pub mod journal;

@@ -10,6 +10,8 @@
 //! written); if it had switched, its remaining steps are completed (adopted). The
 //! lock guarantees its owner is gone, because a live owner would still hold it.
 
+use std::path::PathBuf;
+
 use crate::audit::Outcome as AuditOutcome;
 use crate::config::DomainSettings;
 use crate::error::{Error, Result};
@@ -17,6 +19,7 @@ use crate::hsm::HsmSession;
 use crate::ledger::{KeyRow, Ledger, RotationStart, RunRow, Step};
 use crate::model::{KeyId, KeyState, LABEL_PREFIX, Usage, key_label};
 
+use super::access::{self, Action, Authorisation};
 use super::journal::{Event, Journal};
 use super::lock::DomainLock;
 use super::session::{check_domain, keys_to_converge, login, open_hsm};
@@ -32,11 +35,19 @@ pub struct RotateRequest {
     pub dry_run: bool,
     pub emergency: bool,
     pub reason: Option<String>,
+    /// Signed approval file; required when `emergency` is set.
+    pub approval: Option<PathBuf>,
 }
 
-/// Rotates one domain: takes its lock, opens the HSM and runs the steps.
+/// Rotates one domain: authorises the caller, takes the lock, opens the HSM and runs
+/// the steps.
 pub fn rotate(ctx: &Context, request: &RotateRequest) -> Result<Outcome> {
     let settings = domain_settings(ctx, &request.domain)?;
+    let action = Action::Rotate {
+        domain: &settings.name,
+        emergency: request.emergency,
+    };
+    let auth = access::authorise(ctx, &action, request.approval.as_deref())?;
     let _lock = DomainLock::acquire(
         &ctx.config.storage.lock_dir,
         &settings.name,
@@ -69,7 +80,7 @@ pub fn rotate(ctx: &Context, request: &RotateRequest) -> Result<Outcome> {
         session: &session,
         journal: &mut journal,
     };
-    let result = rotation.run(request);
+    let result = rotation.run(request, &auth);
     // A checkpoint seals whatever this run appended, also when it failed part way.
     let sealed = journal.seal(&mut ledger, &session);
     let outcome = result?;
@@ -121,8 +132,9 @@ impl<'a> Rotation<'a> {
         &self.settings.name
     }
 
-    /// Runs the workflow after the lock is held and the HSM is open.
-    pub fn run(&mut self, request: &RotateRequest) -> Result<Outcome> {
+    /// Runs the workflow after [`access::authorise`] cleared the caller, the lock is
+    /// held and the HSM is open.
+    pub fn run(&mut self, request: &RotateRequest, auth: &Authorisation) -> Result<Outcome> {
         // Unfinished runs: resume ours, settle any other by the documented rule.
         let mut resume = None;
         for run in self.ledger.unfinished_runs(self.domain())? {
@@ -173,14 +185,20 @@ impl<'a> Rotation<'a> {
 
         // Due check and rate limits.
         let now = self.ctx.now();
-        self.check_clock(now)?;
+        if let Err(error) = self.check_clock(now) {
+            return Err(auth.refuse(self.ctx, self.ledger, "clock", error));
+        }
         let active = keys.iter().find(|k| k.state == KeyState::Active);
+        if let Err(error) = auth.check_active_version(active.map(|k| k.version)) {
+            return Err(auth.refuse(self.ctx, self.ledger, "approval", error));
+        }
         let due_at = active
             .and_then(|k| k.activated_at)
             .map(|t| t.saturating_add(self.settings.rotate_every.micros()));
         if let Some(due_at) = due_at
             && due_at > now
             && !request.force
+            && !request.emergency
         {
             tracing::debug!(domain = self.domain(), due = %format_time(due_at), "not due");
             return Ok(Outcome::new("not-due")
@@ -189,7 +207,12 @@ impl<'a> Rotation<'a> {
                 .field("next_due", format_time_seconds(due_at))
                 .field("run_id", &self.ctx.run_id));
         }
-        self.check_rate_limits(active, now, request)?;
+        let activated_at = active.and_then(|k| k.activated_at);
+        let recent = self.check_rate_limits(activated_at, now, request, auth)?;
+        let alert = self
+            .settings
+            .alert_per_day
+            .filter(|limit| recent + 1 > *limit);
 
         let new_version = keys.last().map(|k| k.version + 1).unwrap_or(1);
         if request.dry_run {
@@ -216,7 +239,7 @@ impl<'a> Rotation<'a> {
             target_version: None,
             reason: request.reason.as_deref(),
         };
-        self.ledger.start_rotation(&start)?;
+        access::begin_rotation(self.ctx, self.ledger, self.journal, auth, &start)?;
         failpoint("rotate.after_intent");
         let run = self
             .ledger
@@ -231,7 +254,32 @@ impl<'a> Rotation<'a> {
             event = event.detail("reason", reason.as_str());
         }
         self.note(event)?;
-        self.continue_from(&run)
+        if let Some(limit) = alert {
+            self.note_frequency_alert(&pending, recent + 1, limit)?;
+        }
+        let outcome = self.continue_from(&run)?;
+        Ok(match alert {
+            Some(_) => outcome
+                .field("frequency_alert", "true")
+                .field("rotations_24h", recent + 1),
+            None => outcome,
+        })
+    }
+
+    /// Records that this rotation takes the domain above `alert_per_day`.
+    fn note_frequency_alert(&mut self, pending: &KeyRow, count: u32, limit: u32) -> Result<()> {
+        tracing::warn!(
+            domain = self.domain(),
+            rotations_24h = count,
+            alert_per_day = limit,
+            "rotation frequency above alert_per_day"
+        );
+        self.note(
+            Event::new(self.domain(), "rotation.frequency_alert")
+                .key(pending)
+                .detail("rotations_24h", count)
+                .detail("alert_per_day", limit),
+        )
     }
 
     /// Runs the remaining steps of `run` from the step it recorded.
@@ -472,38 +520,51 @@ impl<'a> Rotation<'a> {
         Ok(())
     }
 
+    /// Applies `min_interval` (non-emergency runs only) and `max_per_day` (every run),
+    /// both from the ledger, and returns the rotations of the last 24 hours. A refusal
+    /// is recorded in the audit trail and names the time the next rotation is allowed.
     fn check_rate_limits(
-        &self,
-        active: Option<&KeyRow>,
+        &mut self,
+        activated_at: Option<i64>,
         now: i64,
         request: &RotateRequest,
-    ) -> Result<()> {
-        if request.force
-            && !request.emergency
-            && let Some(activated) = active.and_then(|k| k.activated_at)
+        auth: &Authorisation,
+    ) -> Result<u32> {
+        // The last activation is the last completed rotation of any kind, so an
+        // emergency rotation also delays the next scheduled one.
+        if !request.emergency
+            && let Some(activated) = activated_at
         {
             let allowed = activated.saturating_add(self.settings.min_interval.micros());
             if allowed > now {
-                return Err(Error::RateLimited(format!(
+                let error = Error::RateLimited(format!(
                     "domain {}: last rotation at {}, min_interval {} allows the next at {}",
                     self.domain(),
                     format_time_seconds(activated),
                     self.settings.min_interval,
                     format_time_seconds(allowed)
-                )));
+                ));
+                return Err(auth.refuse(self.ctx, self.ledger, "min_interval", error));
             }
         }
-        let recent = self
+        let starts = self
             .ledger
-            .rotations_since(self.domain(), now - DAY_MICROS)?;
-        if recent >= self.settings.max_per_day {
-            return Err(Error::RateLimited(format!(
-                "domain {}: {recent} rotations in the last 24 hours reach max_per_day {}",
+            .rotation_starts_since(self.domain(), now - DAY_MICROS + 1)?;
+        let recent = starts.len() as u32;
+        let budget = self.settings.max_per_day as usize;
+        if starts.len() >= budget {
+            // The window must lose `len - budget + 1` rotations; the last of them to
+            // leave is at index `len - budget`.
+            let allowed = starts[starts.len() - budget].saturating_add(DAY_MICROS);
+            let error = Error::RateLimited(format!(
+                "domain {}: {recent} rotations in the last 24 hours reach max_per_day {}, which allows the next at {}",
                 self.domain(),
-                self.settings.max_per_day
-            )));
+                self.settings.max_per_day,
+                format_time_seconds(allowed)
+            ));
+            return Err(auth.refuse(self.ctx, self.ledger, "max_per_day", error));
         }
-        Ok(())
+        Ok(recent)
     }
 
     /// Lists this domain's objects only; other domains may be mid-rotation.

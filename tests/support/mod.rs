@@ -132,6 +132,9 @@ impl Env {
     }
 
     /// Rewrites the configuration; `extra` is appended verbatim.
+    ///
+    /// Unless `extra` has its own `[access]` table, the account running the tests is
+    /// listed as scheduler and emergency user, because an empty list admits nobody.
     pub fn write_config(&self, domains: &[DomainSpec], extra: &str) {
         let mut text = format!(
             "[hsm]\nmodule = \"{MODULE}\"\ntoken_label = \"{TOKEN_LABEL}\"\npin_file = \"pin\"\n\n\
@@ -142,6 +145,12 @@ impl Env {
             text.push_str(&format!(
                 "[[domain]]\nname = \"{}\"\nkey_type = \"{}\"\nrotate_every = \"{}\"\nmin_interval = \"{}\"\nmax_per_day = {}\nkeep_deprecated = {}\n\n",
                 d.name, d.key_type, d.rotate_every, d.min_interval, d.max_per_day, d.keep_deprecated
+            ));
+        }
+        if !extra.contains("[access]") {
+            let user = current_user();
+            text.push_str(&format!(
+                "[access]\nscheduler_users = [\"{user}\"]\nemergency_users = [\"{user}\"]\n\n"
             ));
         }
         text.push_str(extra);
@@ -275,6 +284,36 @@ impl Env {
         }
     }
 
+    /// Asserts that the only change since `before` is one appended audit line with
+    /// outcome `refused` and the ledger's audit head that follows it, and returns the
+    /// line parsed.
+    pub fn assert_only_refusal_appended(&self, before: &Snapshot) -> serde_json::Value {
+        let after = self.snapshot();
+        assert_eq!(after.token, before.token, "token objects changed");
+        assert!(
+            after.audit.starts_with(&before.audit),
+            "audit file was rewritten, not appended to"
+        );
+        let appended = String::from_utf8(after.audit[before.audit.len()..].to_vec()).unwrap();
+        assert_eq!(
+            appended.lines().count(),
+            1,
+            "expected exactly one appended audit line:\n{appended}"
+        );
+        assert_eq!(
+            without_audit_head(&after.ledger),
+            without_audit_head(&before.ledger),
+            "ledger changed beyond its audit head"
+        );
+        assert_ne!(
+            after.ledger, before.ledger,
+            "ledger audit head not advanced"
+        );
+        let line: serde_json::Value = serde_json::from_str(appended.trim_end()).unwrap();
+        assert_eq!(line["outcome"], "refused", "{appended}");
+        line
+    }
+
     /// Runs `audit-verify` with the public key and the ledger and asserts it passes.
     pub fn assert_audit_valid(&self) {
         let run = self.run(&[
@@ -286,6 +325,23 @@ impl Env {
             self.ledger().to_str().unwrap(),
         ]);
         run.expect_code(0);
+    }
+}
+
+/// Drops the `audit_head` row from a ledger dump.
+fn without_audit_head(dump: &str) -> String {
+    dump.lines()
+        .filter(|l| !l.starts_with("INSERT INTO audit_head"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Account name of the real uid, as keyrot's access checks see it.
+pub fn current_user() -> String {
+    let uid = nix::unistd::getuid();
+    match nix::unistd::User::from_uid(uid) {
+        Ok(Some(user)) => user.name,
+        _ => uid.as_raw().to_string(),
     }
 }
 
