@@ -92,7 +92,14 @@ fn finish(
         }
         Err(error) => {
             let outcome = Outcome::from_error(&error, domain, run_id);
-            tracing::error!(error = %error.to_string().lines().next().unwrap_or(""), code = outcome.code, "failed");
+            // The error reaches stderr through eprintln below, so this event goes to
+            // the log file only.
+            tracing::error!(
+                target: logging::RESULT_TARGET,
+                error = %error.to_string().lines().next().unwrap_or(""),
+                code = outcome.code,
+                "failed"
+            );
             eprintln!("keyrot: error: {error}");
             outcome
         }
