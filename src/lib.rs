@@ -7,6 +7,7 @@
 pub mod audit;
 pub mod cli;
 pub mod config;
+pub mod docs;
 pub mod error;
 pub mod hsm;
 pub mod ledger;
