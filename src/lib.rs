@@ -8,6 +8,7 @@ pub mod approval;
 pub mod audit;
 pub mod cli;
 pub mod config;
+pub mod docs;
 pub mod error;
 pub mod hsm;
 pub mod ledger;

@@ -59,7 +59,7 @@ fn main() -> ExitCode {
                 .install()
                 .map_err(|e| Error::Software(format!("failed to install signal handlers: {e}")))?;
         }
-        tracing::info!(target: logging::OUTCOME_TARGET, "started");
+        tracing::info!(target: logging::RESULT_TARGET, "started");
         cli::run(&cli, ctx.as_ref(), &run_id)
     }));
     let result = match result {
@@ -86,12 +86,19 @@ fn finish(
 ) -> ExitCode {
     let outcome = match result {
         Ok(outcome) => {
-            tracing::info!(target: logging::OUTCOME_TARGET, outcome = %outcome.outcome, code = outcome.code, "finished");
+            tracing::info!(target: logging::RESULT_TARGET, outcome = %outcome.outcome, code = outcome.code, "finished");
             outcome
         }
         Err(error) => {
             let outcome = Outcome::from_error(&error, domain, run_id);
-            tracing::error!(target: logging::OUTCOME_TARGET, error = %error.to_string().lines().next().unwrap_or(""), code = outcome.code, "failed");
+            // The error reaches stderr through eprintln below, so this event goes to
+            // the log file only.
+            tracing::error!(
+                target: logging::RESULT_TARGET,
+                error = %error.to_string().lines().next().unwrap_or(""),
+                code = outcome.code,
+                "failed"
+            );
             eprintln!("keyrot: error: {error}");
             outcome
         }

@@ -1,0 +1,72 @@
+# Print an optspec for argparse to handle cmd's options that are independent of any subcommand.
+function __fish_keyrot_global_optspecs
+    string join \n config= output= v/verbose q/quiet h/help V/version
+end
+
+function __fish_keyrot_needs_command
+    # Figure out if the current invocation already has a command.
+    set -l cmd (commandline -opc)
+    set -e cmd[1]
+    argparse -s (__fish_keyrot_global_optspecs) -- $cmd 2>/dev/null
+    or return
+    if set -q argv[1]
+        # Also print the command, so this can be used to figure out what it is.
+        echo $argv[1]
+        return 1
+    end
+    return 0
+end
+
+function __fish_keyrot_using_subcommand
+    set -l cmd (__fish_keyrot_needs_command)
+    test -z "$cmd"
+    and return 1
+    contains -- $cmd[1] $argv
+end
+
+complete -c keyrot -n "__fish_keyrot_needs_command" -l config -d 'Configuration file (TOML)' -r -F
+complete -c keyrot -n "__fish_keyrot_needs_command" -l output -d 'Result line format on stdout' -r -f -a "text\t''
+json\t''"
+complete -c keyrot -n "__fish_keyrot_needs_command" -s v -l verbose -d 'More log detail on stderr (-v info, -vv debug, -vvv trace)'
+complete -c keyrot -n "__fish_keyrot_needs_command" -s q -l quiet -d 'Only errors on stderr'
+complete -c keyrot -n "__fish_keyrot_needs_command" -s h -l help -d 'Print help'
+complete -c keyrot -n "__fish_keyrot_needs_command" -s V -l version -d 'Print version'
+complete -c keyrot -n "__fish_keyrot_needs_command" -f -a "init" -d 'Create the ledger, the audit checkpoint key and the audit genesis line (idempotent)'
+complete -c keyrot -n "__fish_keyrot_needs_command" -f -a "rotate" -d 'Rotate a domain\'s key if it is due, or if --force and the rate limits allow'
+complete -c keyrot -n "__fish_keyrot_needs_command" -f -a "status" -d 'Summarise versions, states, last and next rotation from the ledger (no HSM)'
+complete -c keyrot -n "__fish_keyrot_needs_command" -f -a "audit-verify" -d 'Verify the audit chain, its checkpoint signatures and its tail (read-only)'
+complete -c keyrot -n "__fish_keyrot_using_subcommand init" -l run-id -d 'Idempotency key of this run; a Control-M job passes %%ORDERID' -r
+complete -c keyrot -n "__fish_keyrot_using_subcommand init" -l config -d 'Configuration file (TOML)' -r -F
+complete -c keyrot -n "__fish_keyrot_using_subcommand init" -l output -d 'Result line format on stdout' -r -f -a "text\t''
+json\t''"
+complete -c keyrot -n "__fish_keyrot_using_subcommand init" -s v -l verbose -d 'More log detail on stderr (-v info, -vv debug, -vvv trace)'
+complete -c keyrot -n "__fish_keyrot_using_subcommand init" -s q -l quiet -d 'Only errors on stderr'
+complete -c keyrot -n "__fish_keyrot_using_subcommand init" -s h -l help -d 'Print help'
+complete -c keyrot -n "__fish_keyrot_using_subcommand rotate" -l domain -d 'Key domain to rotate, as named in the configuration' -r
+complete -c keyrot -n "__fish_keyrot_using_subcommand rotate" -l run-id -d 'Idempotency key of this run; a Control-M job passes %%ORDERID' -r
+complete -c keyrot -n "__fish_keyrot_using_subcommand rotate" -l config -d 'Configuration file (TOML)' -r -F
+complete -c keyrot -n "__fish_keyrot_using_subcommand rotate" -l output -d 'Result line format on stdout' -r -f -a "text\t''
+json\t''"
+complete -c keyrot -n "__fish_keyrot_using_subcommand rotate" -l force -d 'Rotate before the domain is due; min_interval and max_per_day still apply'
+complete -c keyrot -n "__fish_keyrot_using_subcommand rotate" -l dry-run -d 'Report what would happen and change nothing'
+complete -c keyrot -n "__fish_keyrot_using_subcommand rotate" -s v -l verbose -d 'More log detail on stderr (-v info, -vv debug, -vvv trace)'
+complete -c keyrot -n "__fish_keyrot_using_subcommand rotate" -s q -l quiet -d 'Only errors on stderr'
+complete -c keyrot -n "__fish_keyrot_using_subcommand rotate" -s h -l help -d 'Print help'
+complete -c keyrot -n "__fish_keyrot_using_subcommand status" -l domain -d 'Only this domain' -r
+complete -c keyrot -n "__fish_keyrot_using_subcommand status" -l run-id -d 'Idempotency key of this run; a Control-M job passes %%ORDERID' -r
+complete -c keyrot -n "__fish_keyrot_using_subcommand status" -l config -d 'Configuration file (TOML)' -r -F
+complete -c keyrot -n "__fish_keyrot_using_subcommand status" -l output -d 'Result line format on stdout' -r -f -a "text\t''
+json\t''"
+complete -c keyrot -n "__fish_keyrot_using_subcommand status" -s v -l verbose -d 'More log detail on stderr (-v info, -vv debug, -vvv trace)'
+complete -c keyrot -n "__fish_keyrot_using_subcommand status" -s q -l quiet -d 'Only errors on stderr'
+complete -c keyrot -n "__fish_keyrot_using_subcommand status" -s h -l help -d 'Print help'
+complete -c keyrot -n "__fish_keyrot_using_subcommand audit-verify" -l ledger -d 'Ledger whose audit head the file must contain (detects a file cut short)' -r -F
+complete -c keyrot -n "__fish_keyrot_using_subcommand audit-verify" -l pubkey -d 'Checkpoint public key (PEM) that every checkpoint signature must verify with' -r -F
+complete -c keyrot -n "__fish_keyrot_using_subcommand audit-verify" -l state -d 'State file remembering the last verified checkpoint (detects rollback and forks); updated only after a full successful pass' -r -F
+complete -c keyrot -n "__fish_keyrot_using_subcommand audit-verify" -l run-id -d 'Idempotency key of this run; a Control-M job passes %%ORDERID' -r
+complete -c keyrot -n "__fish_keyrot_using_subcommand audit-verify" -l config -d 'Configuration file (TOML)' -r -F
+complete -c keyrot -n "__fish_keyrot_using_subcommand audit-verify" -l output -d 'Result line format on stdout' -r -f -a "text\t''
+json\t''"
+complete -c keyrot -n "__fish_keyrot_using_subcommand audit-verify" -s v -l verbose -d 'More log detail on stderr (-v info, -vv debug, -vvv trace)'
+complete -c keyrot -n "__fish_keyrot_using_subcommand audit-verify" -s q -l quiet -d 'Only errors on stderr'
+complete -c keyrot -n "__fish_keyrot_using_subcommand audit-verify" -s h -l help -d 'Print help'
