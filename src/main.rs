@@ -59,7 +59,7 @@ fn main() -> ExitCode {
                 .install()
                 .map_err(|e| Error::Software(format!("failed to install signal handlers: {e}")))?;
         }
-        tracing::info!(target: logging::RESULT_TARGET, "started");
+        tracing::info!("started");
         cli::run(&cli, ctx.as_ref(), &run_id)
     }));
     let result = match result {
@@ -86,7 +86,7 @@ fn finish(
 ) -> ExitCode {
     let outcome = match result {
         Ok(outcome) => {
-            tracing::info!(target: logging::RESULT_TARGET, outcome = %outcome.outcome, code = outcome.code, "finished");
+            tracing::info!(outcome = %outcome.outcome, code = outcome.code, "finished");
             outcome
         }
         Err(error) => {

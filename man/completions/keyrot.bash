@@ -16,6 +16,9 @@ _keyrot() {
             ",$1")
                 cmd="keyrot"
                 ;;
+            keyrot,approve)
+                cmd="keyrot__subcmd__approve"
+                ;;
             keyrot,audit-verify)
                 cmd="keyrot__subcmd__audit__subcmd__verify"
                 ;;
@@ -35,12 +38,74 @@ _keyrot() {
 
     case "${cmd}" in
         keyrot)
-            opts="-v -q -h -V --config --output --verbose --quiet --help --version init rotate status audit-verify"
+            opts="-v -q -h -V --config --output --verbose --quiet --help --version init rotate status audit-verify approve"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
             fi
             case "${prev}" in
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --output)
+                    COMPREPLY=($(compgen -W "text json" -- "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        keyrot__subcmd__approve)
+            opts="-v -q -h --domain --action --version --reason --expires-in --key --approver --requester --out --run-id --config --output --verbose --quiet --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --domain)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --action)
+                    COMPREPLY=($(compgen -W "rotate revoke" -- "${cur}"))
+                    return 0
+                    ;;
+                --version)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --reason)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --expires-in)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --key)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --approver)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --requester)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --out)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --run-id)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
                 --config)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
@@ -121,7 +186,7 @@ _keyrot() {
             return 0
             ;;
         keyrot__subcmd__rotate)
-            opts="-v -q -h --domain --run-id --force --dry-run --config --output --verbose --quiet --help"
+            opts="-v -q -h --domain --run-id --force --dry-run --emergency --reason --approval --config --output --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -132,6 +197,14 @@ _keyrot() {
                     return 0
                     ;;
                 --run-id)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --reason)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --approval)
                     COMPREPLY=($(compgen -f "${cur}"))
                     return 0
                     ;;
@@ -151,7 +224,7 @@ _keyrot() {
             return 0
             ;;
         keyrot__subcmd__status)
-            opts="-v -q -h --domain --run-id --config --output --verbose --quiet --help"
+            opts="-v -q -h --domain --pools --run-id --config --output --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

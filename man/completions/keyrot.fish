@@ -35,6 +35,7 @@ complete -c keyrot -n "__fish_keyrot_needs_command" -f -a "init" -d 'Create the 
 complete -c keyrot -n "__fish_keyrot_needs_command" -f -a "rotate" -d 'Rotate a domain\'s key if it is due, or if --force and the rate limits allow'
 complete -c keyrot -n "__fish_keyrot_needs_command" -f -a "status" -d 'Summarise versions, states, last and next rotation from the ledger (no HSM)'
 complete -c keyrot -n "__fish_keyrot_needs_command" -f -a "audit-verify" -d 'Verify the audit chain, its checkpoint signatures and its tail (read-only)'
+complete -c keyrot -n "__fish_keyrot_needs_command" -f -a "approve" -d 'Sign an approval for an emergency rotate or revoke (approver side; no HSM)'
 complete -c keyrot -n "__fish_keyrot_using_subcommand init" -l run-id -d 'Idempotency key of this run; a Control-M job passes %%ORDERID' -r
 complete -c keyrot -n "__fish_keyrot_using_subcommand init" -l config -d 'Configuration file (TOML)' -r -F
 complete -c keyrot -n "__fish_keyrot_using_subcommand init" -l output -d 'Result line format on stdout' -r -f -a "text\t''
@@ -44,11 +45,14 @@ complete -c keyrot -n "__fish_keyrot_using_subcommand init" -s q -l quiet -d 'On
 complete -c keyrot -n "__fish_keyrot_using_subcommand init" -s h -l help -d 'Print help'
 complete -c keyrot -n "__fish_keyrot_using_subcommand rotate" -l domain -d 'Key domain to rotate, as named in the configuration' -r
 complete -c keyrot -n "__fish_keyrot_using_subcommand rotate" -l run-id -d 'Idempotency key of this run; a Control-M job passes %%ORDERID' -r
+complete -c keyrot -n "__fish_keyrot_using_subcommand rotate" -l reason -d 'Reason for the emergency rotation, recorded in the ledger and audit trail' -r
+complete -c keyrot -n "__fish_keyrot_using_subcommand rotate" -l approval -d 'Approval document from `keyrot approve`' -r -F
 complete -c keyrot -n "__fish_keyrot_using_subcommand rotate" -l config -d 'Configuration file (TOML)' -r -F
 complete -c keyrot -n "__fish_keyrot_using_subcommand rotate" -l output -d 'Result line format on stdout' -r -f -a "text\t''
 json\t''"
 complete -c keyrot -n "__fish_keyrot_using_subcommand rotate" -l force -d 'Rotate before the domain is due; min_interval and max_per_day still apply'
 complete -c keyrot -n "__fish_keyrot_using_subcommand rotate" -l dry-run -d 'Report what would happen and change nothing'
+complete -c keyrot -n "__fish_keyrot_using_subcommand rotate" -l emergency -d 'Rotate now, out of schedule: needs --reason and a signed --approval, skips the due check and min_interval, and still counts against max_per_day'
 complete -c keyrot -n "__fish_keyrot_using_subcommand rotate" -s v -l verbose -d 'More log detail on stderr (-v info, -vv debug, -vvv trace)'
 complete -c keyrot -n "__fish_keyrot_using_subcommand rotate" -s q -l quiet -d 'Only errors on stderr'
 complete -c keyrot -n "__fish_keyrot_using_subcommand rotate" -s h -l help -d 'Print help'
@@ -57,6 +61,7 @@ complete -c keyrot -n "__fish_keyrot_using_subcommand status" -l run-id -d 'Idem
 complete -c keyrot -n "__fish_keyrot_using_subcommand status" -l config -d 'Configuration file (TOML)' -r -F
 complete -c keyrot -n "__fish_keyrot_using_subcommand status" -l output -d 'Result line format on stdout' -r -f -a "text\t''
 json\t''"
+complete -c keyrot -n "__fish_keyrot_using_subcommand status" -l pools -d 'Show which pool owns each domain (configuration only, no ledger)'
 complete -c keyrot -n "__fish_keyrot_using_subcommand status" -s v -l verbose -d 'More log detail on stderr (-v info, -vv debug, -vvv trace)'
 complete -c keyrot -n "__fish_keyrot_using_subcommand status" -s q -l quiet -d 'Only errors on stderr'
 complete -c keyrot -n "__fish_keyrot_using_subcommand status" -s h -l help -d 'Print help'
@@ -70,3 +75,20 @@ json\t''"
 complete -c keyrot -n "__fish_keyrot_using_subcommand audit-verify" -s v -l verbose -d 'More log detail on stderr (-v info, -vv debug, -vvv trace)'
 complete -c keyrot -n "__fish_keyrot_using_subcommand audit-verify" -s q -l quiet -d 'Only errors on stderr'
 complete -c keyrot -n "__fish_keyrot_using_subcommand audit-verify" -s h -l help -d 'Print help'
+complete -c keyrot -n "__fish_keyrot_using_subcommand approve" -l domain -d 'Key domain the approval is for' -r
+complete -c keyrot -n "__fish_keyrot_using_subcommand approve" -l action -d 'Action the approval allows' -r -f -a "rotate\t''
+revoke\t''"
+complete -c keyrot -n "__fish_keyrot_using_subcommand approve" -l version -d 'Key version: the target of a revoke (required), or the active version a rotation must replace (optional)' -r
+complete -c keyrot -n "__fish_keyrot_using_subcommand approve" -l reason -d 'Reason for the emergency action, recorded in the audit trail' -r
+complete -c keyrot -n "__fish_keyrot_using_subcommand approve" -l expires-in -d 'How long the approval stays valid, such as 30m or 4h (at most 7d)' -r
+complete -c keyrot -n "__fish_keyrot_using_subcommand approve" -l key -d 'Approver\'s P-256 private key, PEM (PKCS#8 or SEC1), mode 0600 or 0400' -r -F
+complete -c keyrot -n "__fish_keyrot_using_subcommand approve" -l approver -d 'Approver name as listed in access.approvers [default: the current account name]' -r
+complete -c keyrot -n "__fish_keyrot_using_subcommand approve" -l requester -d 'Account name of the only user who may use the approval' -r
+complete -c keyrot -n "__fish_keyrot_using_subcommand approve" -l out -d 'File to create with mode 0600 [default: print the document on stdout]' -r -F
+complete -c keyrot -n "__fish_keyrot_using_subcommand approve" -l run-id -d 'Idempotency key of this run; a Control-M job passes %%ORDERID' -r
+complete -c keyrot -n "__fish_keyrot_using_subcommand approve" -l config -d 'Configuration file (TOML)' -r -F
+complete -c keyrot -n "__fish_keyrot_using_subcommand approve" -l output -d 'Result line format on stdout' -r -f -a "text\t''
+json\t''"
+complete -c keyrot -n "__fish_keyrot_using_subcommand approve" -s v -l verbose -d 'More log detail on stderr (-v info, -vv debug, -vvv trace)'
+complete -c keyrot -n "__fish_keyrot_using_subcommand approve" -s q -l quiet -d 'Only errors on stderr'
+complete -c keyrot -n "__fish_keyrot_using_subcommand approve" -s h -l help -d 'Print help'
