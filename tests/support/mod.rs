@@ -305,3 +305,102 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     files.sort();
     files
 }
+
+impl Env {
+    /// Runs `sqlite3 ledger.db SQL` and returns its output; panics if it fails.
+    pub fn sqlite(&self, sql: &str) -> String {
+        let output = Command::new("sqlite3")
+            .arg(self.ledger())
+            .arg(sql)
+            .output()
+            .expect("sqlite3 must be installed (scripts/install-deps.sh)");
+        assert!(
+            output.status.success(),
+            "sqlite3 {sql:?} failed: {output:?}"
+        );
+        String::from_utf8_lossy(&output.stdout).trim().to_string()
+    }
+
+    /// `CKA_ID` in hex that the ledger records for a key version.
+    pub fn key_id(&self, domain: &str, version: u32) -> String {
+        self.sqlite(&format!(
+            "SELECT key_id FROM keys WHERE domain = '{domain}' AND version = {version}"
+        ))
+    }
+
+    /// Number of active keys of `domain` in the ledger.
+    pub fn active_count(&self, domain: &str) -> usize {
+        self.sqlite(&format!(
+            "SELECT COUNT(*) FROM keys WHERE domain = '{domain}' AND state = 'active'"
+        ))
+        .parse()
+        .unwrap()
+    }
+
+    /// Runs `keyrot --output json verify ARGS` and returns the run and its finding codes.
+    pub fn verify(&self, args: &[&str]) -> (Run, Vec<String>) {
+        let mut all = vec!["--output", "json", "verify"];
+        all.extend_from_slice(args);
+        let run = self.run(&all);
+        let value: serde_json::Value =
+            serde_json::from_str(run.stdout.trim()).unwrap_or_else(|e| {
+                panic!(
+                    "verify printed no JSON ({e}):\n{}\n{}",
+                    run.stdout, run.stderr
+                )
+            });
+        let codes = value["findings"]
+            .as_array()
+            .map(|findings| {
+                findings
+                    .iter()
+                    .map(|f| f["code"].as_str().unwrap_or_default().to_string())
+                    .collect()
+            })
+            .unwrap_or_default();
+        (run, codes)
+    }
+
+    /// Asserts that `keyrot verify` exits 0 with no error-level finding.
+    pub fn assert_verify_clean(&self) {
+        let (run, codes) = self.verify(&[]);
+        assert_eq!(
+            run.code, 0,
+            "verify found {codes:?}\n{}\n{}",
+            run.stdout, run.stderr
+        );
+    }
+
+    /// Labels of the keyrot objects on the token, one entry per object.
+    pub fn token_labels(&self) -> Vec<String> {
+        self.pkcs11_tool(&["--list-objects"])
+            .lines()
+            .filter_map(|l| {
+                l.trim()
+                    .strip_prefix("label:")
+                    .map(|v| v.trim().to_string())
+            })
+            .filter(|l| l.starts_with("keyrot/"))
+            .collect()
+    }
+
+    /// Asserts that every keyrot object on the token, except the audit key, belongs to
+    /// a key the ledger records as not destroyed, and that no domain has two active keys.
+    pub fn assert_ledger_covers_token(&self, domain: &str) {
+        assert!(
+            self.active_count(domain) <= 1,
+            "two active keys in {domain}"
+        );
+        let known = self.sqlite("SELECT label FROM keys WHERE state != 'destroyed'");
+        let known: Vec<&str> = known.lines().collect();
+        for label in self.token_labels() {
+            if label == "keyrot/.audit/checkpoint" {
+                continue;
+            }
+            assert!(
+                known.contains(&label.as_str()),
+                "token object {label} unknown to the ledger"
+            );
+        }
+    }
+}
