@@ -247,7 +247,7 @@ fn invalid_requests_change_nothing() {
         (
             &["--domain", "payments", "--version", "1", "--reason", "x"],
             20,
-            "revoked already",
+            "already revoked",
         ),
         (
             &[

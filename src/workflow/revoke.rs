@@ -178,25 +178,27 @@ fn find_key(ledger: &Ledger, domain: &str, version: u32) -> Result<KeyRow> {
 /// Chooses the workflow for a new run from the key's state, or rejects a transition
 /// the state model forbids.
 fn plan(request: &RevokeRequest, key: &KeyRow) -> Result<Action> {
-    let refuse = |why: &str| {
+    let refuse = |why: String| {
         Err(Error::Inconsistent(format!(
-            "cannot {} key v{} of domain {}: it is {}, and {why}; nothing was changed",
+            "cannot {} key v{} of domain {}: {why}; nothing was changed",
             if request.destroy { "destroy" } else { "revoke" },
             key.version,
             key.domain,
-            key.state
         )))
     };
-    match (request.destroy, key.state) {
+    let state = key.state;
+    match (request.destroy, state) {
         (true, KeyState::Revoked) => Ok(Action::Destroy),
-        (true, KeyState::Destroyed) => refuse("it is destroyed already"),
-        (true, _) => refuse("only a revoked key can be destroyed (revoke it first)"),
+        (true, KeyState::Destroyed) => refuse("it is already destroyed".into()),
+        (true, _) => refuse(format!(
+            "it is {state}, and only a revoked key can be destroyed (revoke it first)"
+        )),
         (false, KeyState::Deprecated) => Ok(Action::Revoke),
         (false, KeyState::Active) => Ok(Action::EmergencyRevoke),
-        (false, KeyState::Revoked) => refuse("it is revoked already"),
-        (false, KeyState::Destroyed) => refuse("a destroyed key cannot be revoked"),
+        (false, KeyState::Revoked) => refuse("it is already revoked".into()),
+        (false, KeyState::Destroyed) => refuse("it is destroyed".into()),
         (false, KeyState::Pending) => refuse(
-            "a pending key belongs to an unfinished rotation, which the next rotation settles",
+            "it is pending in an unfinished rotation, which the next rotation settles".into(),
         ),
     }
 }
