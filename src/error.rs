@@ -64,6 +64,12 @@ pub enum Error {
     ApprovalRequired(String),
     #[error("{0}")]
     Inconsistent(String),
+    /// `verify` found drift; the outcome carries every finding for the result.
+    #[error("{summary}")]
+    Findings {
+        summary: String,
+        outcome: Box<crate::workflow::Outcome>,
+    },
     #[error("{}", .0.to_text().trim_end())]
     AuditInvalid(Box<crate::audit::Report>),
     #[error(transparent)]
@@ -113,7 +119,7 @@ pub fn exit_code(error: &Error) -> u8 {
         Error::Locked { .. } => code::LOCKED,
         Error::RateLimited(_) => code::RATE_LIMITED,
         Error::ApprovalRequired(_) => code::APPROVAL_REQUIRED,
-        Error::Inconsistent(_) => code::INCONSISTENT,
+        Error::Inconsistent(_) | Error::Findings { .. } => code::INCONSISTENT,
         Error::AuditInvalid(_) => code::AUDIT_INVALID,
         Error::Hsm(e) => match e.kind() {
             HsmErrorKind::Unavailable => code::UNAVAILABLE,

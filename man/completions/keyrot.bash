@@ -25,11 +25,17 @@ _keyrot() {
             keyrot,init)
                 cmd="keyrot__subcmd__init"
                 ;;
+            keyrot,revoke)
+                cmd="keyrot__subcmd__revoke"
+                ;;
             keyrot,rotate)
                 cmd="keyrot__subcmd__rotate"
                 ;;
             keyrot,status)
                 cmd="keyrot__subcmd__status"
+                ;;
+            keyrot,verify)
+                cmd="keyrot__subcmd__verify"
                 ;;
             *)
                 ;;
@@ -38,7 +44,7 @@ _keyrot() {
 
     case "${cmd}" in
         keyrot)
-            opts="-v -q -h -V --config --output --verbose --quiet --help --version init rotate status audit-verify approve"
+            opts="-v -q -h -V --config --output --verbose --quiet --help --version init rotate status audit-verify verify revoke approve"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 1 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0
@@ -185,6 +191,48 @@ _keyrot() {
             COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
             return 0
             ;;
+        keyrot__subcmd__revoke)
+            opts="-v -q -h --domain --version --reason --emergency --destroy --approval --run-id --config --output --verbose --quiet --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --domain)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --version)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --reason)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --approval)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --run-id)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --output)
+                    COMPREPLY=($(compgen -W "text json" -- "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
         keyrot__subcmd__rotate)
             opts="-v -q -h --domain --run-id --force --dry-run --emergency --reason --approval --config --output --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
@@ -225,6 +273,36 @@ _keyrot() {
             ;;
         keyrot__subcmd__status)
             opts="-v -q -h --domain --pools --run-id --config --output --verbose --quiet --help"
+            if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
+                COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+                return 0
+            fi
+            case "${prev}" in
+                --domain)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --run-id)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --config)
+                    COMPREPLY=($(compgen -f "${cur}"))
+                    return 0
+                    ;;
+                --output)
+                    COMPREPLY=($(compgen -W "text json" -- "${cur}"))
+                    return 0
+                    ;;
+                *)
+                    COMPREPLY=()
+                    ;;
+            esac
+            COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
+            return 0
+            ;;
+        keyrot__subcmd__verify)
+            opts="-v -q -h --domain --fail-on-overdue --run-id --config --output --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

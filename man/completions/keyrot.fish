@@ -35,6 +35,8 @@ complete -c keyrot -n "__fish_keyrot_needs_command" -f -a "init" -d 'Create the 
 complete -c keyrot -n "__fish_keyrot_needs_command" -f -a "rotate" -d 'Rotate a domain\'s key if it is due, or if --force and the rate limits allow'
 complete -c keyrot -n "__fish_keyrot_needs_command" -f -a "status" -d 'Summarise versions, states, last and next rotation from the ledger (no HSM)'
 complete -c keyrot -n "__fish_keyrot_needs_command" -f -a "audit-verify" -d 'Verify the audit chain, its checkpoint signatures and its tail (read-only)'
+complete -c keyrot -n "__fish_keyrot_needs_command" -f -a "verify" -d 'Reconcile ledger, HSM and audit head and list every finding (read-only)'
+complete -c keyrot -n "__fish_keyrot_needs_command" -f -a "revoke" -d 'Revoke a deprecated key, revoke the active key (--emergency), or destroy a revoked key (--destroy)'
 complete -c keyrot -n "__fish_keyrot_needs_command" -f -a "approve" -d 'Sign an approval for an emergency rotate or revoke (approver side; no HSM)'
 complete -c keyrot -n "__fish_keyrot_using_subcommand init" -l run-id -d 'Idempotency key of this run; a Control-M job passes %%ORDERID' -r
 complete -c keyrot -n "__fish_keyrot_using_subcommand init" -l config -d 'Configuration file (TOML)' -r -F
@@ -75,6 +77,28 @@ json\t''"
 complete -c keyrot -n "__fish_keyrot_using_subcommand audit-verify" -s v -l verbose -d 'More log detail on stderr (-v info, -vv debug, -vvv trace)'
 complete -c keyrot -n "__fish_keyrot_using_subcommand audit-verify" -s q -l quiet -d 'Only errors on stderr'
 complete -c keyrot -n "__fish_keyrot_using_subcommand audit-verify" -s h -l help -d 'Print help'
+complete -c keyrot -n "__fish_keyrot_using_subcommand verify" -l domain -d 'Domain to verify; repeat for several [default: every configured domain]' -r
+complete -c keyrot -n "__fish_keyrot_using_subcommand verify" -l run-id -d 'Idempotency key of this run; a Control-M job passes %%ORDERID' -r
+complete -c keyrot -n "__fish_keyrot_using_subcommand verify" -l config -d 'Configuration file (TOML)' -r -F
+complete -c keyrot -n "__fish_keyrot_using_subcommand verify" -l output -d 'Result line format on stdout' -r -f -a "text\t''
+json\t''"
+complete -c keyrot -n "__fish_keyrot_using_subcommand verify" -l fail-on-overdue -d 'Treat a domain past its rotate_every as an inconsistency (exit 20)'
+complete -c keyrot -n "__fish_keyrot_using_subcommand verify" -s v -l verbose -d 'More log detail on stderr (-v info, -vv debug, -vvv trace)'
+complete -c keyrot -n "__fish_keyrot_using_subcommand verify" -s q -l quiet -d 'Only errors on stderr'
+complete -c keyrot -n "__fish_keyrot_using_subcommand verify" -s h -l help -d 'Print help (see more with \'--help\')'
+complete -c keyrot -n "__fish_keyrot_using_subcommand revoke" -l domain -d 'Key domain, as named in the configuration' -r
+complete -c keyrot -n "__fish_keyrot_using_subcommand revoke" -l version -d 'Key version to revoke or destroy' -r
+complete -c keyrot -n "__fish_keyrot_using_subcommand revoke" -l reason -d 'Reason for taking the key out of use, recorded in the ledger and the audit trail' -r
+complete -c keyrot -n "__fish_keyrot_using_subcommand revoke" -l approval -d 'Signed approval for the emergency action (accepted; not yet checked)' -r -F
+complete -c keyrot -n "__fish_keyrot_using_subcommand revoke" -l run-id -d 'Idempotency key of this run; a Control-M job passes %%ORDERID' -r
+complete -c keyrot -n "__fish_keyrot_using_subcommand revoke" -l config -d 'Configuration file (TOML)' -r -F
+complete -c keyrot -n "__fish_keyrot_using_subcommand revoke" -l output -d 'Result line format on stdout' -r -f -a "text\t''
+json\t''"
+complete -c keyrot -n "__fish_keyrot_using_subcommand revoke" -l emergency -d 'Allow revoking the active key: the domain is rotated to a new key first'
+complete -c keyrot -n "__fish_keyrot_using_subcommand revoke" -l destroy -d 'Destroy a key that is already revoked; the ledger keeps a tombstone'
+complete -c keyrot -n "__fish_keyrot_using_subcommand revoke" -s v -l verbose -d 'More log detail on stderr (-v info, -vv debug, -vvv trace)'
+complete -c keyrot -n "__fish_keyrot_using_subcommand revoke" -s q -l quiet -d 'Only errors on stderr'
+complete -c keyrot -n "__fish_keyrot_using_subcommand revoke" -s h -l help -d 'Print help (see more with \'--help\')'
 complete -c keyrot -n "__fish_keyrot_using_subcommand approve" -l domain -d 'Key domain the approval is for' -r
 complete -c keyrot -n "__fish_keyrot_using_subcommand approve" -l action -d 'Action the approval allows' -r -f -a "rotate\t''
 revoke\t''"

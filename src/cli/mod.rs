@@ -12,7 +12,9 @@ use crate::config::{Config, Duration};
 use crate::error::{Error, Result};
 use crate::workflow::approve::ApproveRequest;
 use crate::workflow::audit_verify::AuditVerifyRequest;
+use crate::workflow::revoke::RevokeRequest;
 use crate::workflow::rotate::RotateRequest;
+use crate::workflow::verify::VerifyRequest;
 use crate::workflow::{self, Context, Outcome, OutputFormat};
 
 /// Default configuration path when neither --config nor KEYROT_CONFIG is given.
@@ -53,6 +55,23 @@ pub enum Command {
     Status(StatusArgs),
     /// Verify the audit chain, its checkpoint signatures and its tail (read-only).
     AuditVerify(AuditVerifyArgs),
+    /// Reconcile ledger, HSM and audit head and list every finding (read-only).
+    ///
+    /// Exit codes: 0 when nothing is inconsistent (an overdue domain is a warning
+    /// unless --fail-on-overdue), 20 when any finding is an error, 64 for an unknown
+    /// domain, 66 without a ledger, 69 when the HSM is unreachable.
+    Verify(VerifyArgs),
+    /// Revoke a deprecated key, revoke the active key (--emergency), or destroy a
+    /// revoked key (--destroy).
+    ///
+    /// Exit codes: 0 when done, or already done for this run id. 10 when the domain is
+    /// locked. 20 when the state model forbids the transition (key already revoked,
+    /// destroy of a key that is not revoked, pending key) or the HSM does not match
+    /// the ledger. 64 for an unknown domain or version, an empty reason, the active
+    /// key without --emergency, or a run id recorded with other arguments. 75 when
+    /// interrupted by SIGTERM or SIGINT: rerun with the same run id to finish.
+    /// Invalid requests change nothing.
+    Revoke(RevokeArgs),
     /// Sign an approval for an emergency rotate or revoke (approver side; no HSM).
     Approve(ApproveArgs),
 }
@@ -95,6 +114,50 @@ pub struct ApproveArgs {
     /// File to create with mode 0600 [default: print the document on stdout].
     #[arg(long, value_name = "FILE")]
     pub out: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub run: RunIdArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Domain to verify; repeat for several [default: every configured domain].
+    #[arg(long, value_name = "NAME")]
+    pub domain: Vec<String>,
+
+    /// Treat a domain past its rotate_every as an inconsistency (exit 20).
+    #[arg(long)]
+    pub fail_on_overdue: bool,
+
+    #[command(flatten)]
+    pub run: RunIdArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct RevokeArgs {
+    /// Key domain, as named in the configuration.
+    #[arg(long, value_name = "NAME")]
+    pub domain: String,
+
+    /// Key version to revoke or destroy.
+    #[arg(long, value_name = "N")]
+    pub version: u32,
+
+    /// Reason for taking the key out of use, recorded in the ledger and the audit trail.
+    #[arg(long, value_name = "TEXT")]
+    pub reason: String,
+
+    /// Allow revoking the active key: the domain is rotated to a new key first.
+    #[arg(long)]
+    pub emergency: bool,
+
+    /// Destroy a key that is already revoked; the ledger keeps a tombstone.
+    #[arg(long)]
+    pub destroy: bool,
+
+    /// Signed approval for the emergency action (accepted; not yet checked).
+    #[arg(long, value_name = "FILE")]
+    pub approval: Option<PathBuf>,
 
     #[command(flatten)]
     pub run: RunIdArgs,
@@ -184,6 +247,8 @@ impl Command {
             Command::Status(a) => a.run.run_id.as_deref(),
             Command::AuditVerify(a) => a.run.run_id.as_deref(),
             Command::Approve(a) => a.run.run_id.as_deref(),
+            Command::Verify(a) => a.run.run_id.as_deref(),
+            Command::Revoke(a) => a.run.run_id.as_deref(),
         }
     }
 
@@ -193,7 +258,9 @@ impl Command {
             Command::Rotate(a) => Some(&a.domain),
             Command::Status(a) => a.domain.as_deref(),
             Command::Approve(a) => Some(&a.domain),
-            Command::Init(_) | Command::AuditVerify(_) => None,
+            Command::Revoke(a) => Some(&a.domain),
+            Command::Verify(a) if a.domain.len() == 1 => Some(&a.domain[0]),
+            Command::Init(_) | Command::AuditVerify(_) | Command::Verify(_) => None,
         }
     }
 
@@ -205,6 +272,8 @@ impl Command {
             Command::Status(_) => "status",
             Command::AuditVerify(_) => "audit-verify",
             Command::Approve(_) => "approve",
+            Command::Verify(_) => "verify",
+            Command::Revoke(_) => "revoke",
         }
     }
 
@@ -286,6 +355,24 @@ pub fn run(cli: &Cli, ctx: Option<&Context>, run_id: &str) -> Result<Outcome> {
         }
         Command::Status(args) if args.pools => workflow::access::pool_status(ctx),
         Command::Status(args) => workflow::status::status(ctx, args.domain.as_deref()),
+        Command::Verify(args) => {
+            let request = VerifyRequest {
+                domains: args.domain.clone(),
+                fail_on_overdue: args.fail_on_overdue,
+            };
+            workflow::verify::verify(ctx, &request)
+        }
+        Command::Revoke(args) => {
+            let request = RevokeRequest {
+                domain: args.domain.clone(),
+                version: args.version,
+                reason: args.reason.clone(),
+                emergency: args.emergency,
+                destroy: args.destroy,
+                approval: args.approval.clone(),
+            };
+            workflow::revoke::revoke(ctx, &request)
+        }
     }
 }
 

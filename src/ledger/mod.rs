@@ -91,6 +91,8 @@ pub enum Step {
     Tested,
     /// The new key is active and the old one deprecated in the ledger.
     Switched,
+    /// A revoke run moved its target key to `revoked` in the ledger.
+    Revoked,
     /// HSM usage flags match the ledger for every key of the domain.
     Converged,
     /// Postconditions checked and the result recorded.
@@ -104,6 +106,7 @@ impl Step {
             Step::Generated => "generated",
             Step::Tested => "tested",
             Step::Switched => "switched",
+            Step::Revoked => "revoked",
             Step::Converged => "converged",
             Step::Finished => "finished",
         }
@@ -119,6 +122,7 @@ impl FromStr for Step {
             Step::Generated,
             Step::Tested,
             Step::Switched,
+            Step::Revoked,
             Step::Converged,
             Step::Finished,
         ]
@@ -523,6 +527,31 @@ impl Ledger {
                     params![domain, version, reason],
                 )?;
             }
+            Ok(())
+        })
+    }
+
+    /// Moves a key to `revoked` with its reason and records that the revoke run
+    /// `run_id` reached [`Step::Revoked`], in one transaction, so a crash never
+    /// leaves the key revoked while the run still reads `started`.
+    pub fn revoke_key(
+        &mut self,
+        run_id: &str,
+        domain: &str,
+        version: u32,
+        reason: &str,
+        now: i64,
+    ) -> Result<()> {
+        self.write("revoke key", |tx| {
+            change_state(tx, domain, version, KeyState::Revoked, run_id, now)?;
+            tx.execute(
+                "UPDATE keys SET reason = ?3 WHERE domain = ?1 AND version = ?2",
+                params![domain, version, reason],
+            )?;
+            tx.execute(
+                "UPDATE runs SET step = 'revoked' WHERE run_id = ?1 AND domain = ?2",
+                params![run_id, domain],
+            )?;
             Ok(())
         })
     }

@@ -477,7 +477,10 @@ fn check_approval(ctx: &Context, action: &Action<'_>, document: &SignedApproval)
     let ledger_path = &ctx.config.storage.ledger;
     if ledger_path.exists() {
         let ledger = Ledger::open_read_only(ledger_path)?;
-        if let Some(run_id) = ledger.nonce_user(&claims.nonce)? {
+        // The run that burned it may use it again: that is a resume or a replay.
+        if let Some(run_id) = ledger.nonce_user(&claims.nonce)?
+            && run_id != ctx.run_id
+        {
             return refuse(format!(
                 "its nonce was already used by run {run_id}; an approval works once"
             ));

@@ -9,12 +9,14 @@ pub mod init;
 pub mod journal;
 pub mod lock;
 pub mod outcome;
+pub mod revoke;
 pub mod rotate;
 pub mod session;
 pub mod status;
+pub mod verify;
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use chrono::{DateTime, SecondsFormat, Utc};
 
@@ -77,6 +79,8 @@ impl StopFlag {
             signal_hook::flag::register_conditional_default(signal, Arc::clone(flag))?;
             signal_hook::flag::register(signal, Arc::clone(flag))?;
         }
+        // A paused failpoint polls the installed flag, so a signal ends the pause.
+        let _ = INSTALLED_STOP.set(self.clone());
         Ok(())
     }
 
@@ -120,23 +124,74 @@ pub fn format_time_seconds(micros: i64) -> String {
         .to_rfc3339_opts(SecondsFormat::Secs, true)
 }
 
+/// The stop flag whose handlers [`StopFlag::install`] registered, for [`failpoint`].
+static INSTALLED_STOP: OnceLock<StopFlag> = OnceLock::new();
+
+/// Every failpoint name, in the order a run meets them. `KEYROT_FAILPOINT` accepts
+/// these names; the crash tests iterate over this list.
+///
+/// - `rotate.*`: rotation steps, shared by `rotate` and `revoke --emergency`.
+/// - `revoke.*`: the revoke steps after the rotation part, or on their own.
+/// - `destroy.*`: the steps of `revoke --destroy`.
+/// - `journal.before_head`: an audit line is synced but the ledger head not updated.
+/// - `audit.*`: inside the audit append; see `audit::failpoint`. These abort the
+///   process (SIGABRT) at the first append of the run and take no `=pause`.
+pub const FAILPOINTS: [&str; 17] = [
+    "rotate.after_intent",
+    "rotate.after_generate",
+    "rotate.after_self_test",
+    "rotate.after_switch",
+    "rotate.after_converge",
+    "rotate.after_finish",
+    "revoke.after_intent",
+    "revoke.after_revoke",
+    "revoke.after_converge",
+    "revoke.after_finish",
+    "destroy.after_intent",
+    "destroy.after_hsm",
+    "destroy.after_ledger",
+    "journal.before_head",
+    "audit.partial_write",
+    "audit.before_sync",
+    "audit.after_write",
+];
+
 /// Crash hook for the recovery tests: when `KEYROT_FAILPOINT` names this point the
-/// process kills itself with SIGKILL, and with `NAME=pause` it sleeps for ten minutes
-/// (holding its locks) so a test can act while it waits.
+/// process kills itself with SIGKILL. With `NAME=pause` it sleeps (holding its locks)
+/// for up to ten minutes so a test can act while it waits; SIGTERM or SIGINT ends the
+/// pause, and the caller's next `check_stop` reports the signal.
 ///
 /// Compiled only with the `failpoints` feature; release builds do nothing here.
 #[inline]
 pub fn failpoint(_name: &str) {
     #[cfg(feature = "failpoints")]
-    if let Ok(value) = std::env::var("KEYROT_FAILPOINT") {
-        let (point, action) = value.split_once('=').unwrap_or((value.as_str(), "kill"));
-        if point == _name {
-            if action == "pause" {
-                std::thread::sleep(std::time::Duration::from_secs(600));
-            } else {
-                let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+    {
+        debug_assert!(FAILPOINTS.contains(&_name), "unlisted failpoint {_name}");
+        if let Ok(value) = std::env::var("KEYROT_FAILPOINT") {
+            let (point, action) = value.split_once('=').unwrap_or((value.as_str(), "kill"));
+            if point == _name {
+                if action == "pause" {
+                    pause_until_stopped(std::time::Duration::from_secs(600));
+                } else {
+                    let _ = nix::sys::signal::raise(nix::sys::signal::Signal::SIGKILL);
+                }
             }
         }
+    }
+}
+
+/// Sleeps in 20 ms slices until `limit` passes or a stop signal arrives.
+#[cfg(feature = "failpoints")]
+fn pause_until_stopped(limit: std::time::Duration) {
+    let started = std::time::Instant::now();
+    while started.elapsed() < limit {
+        if INSTALLED_STOP
+            .get()
+            .is_some_and(|flag| flag.signal().is_some())
+        {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
 

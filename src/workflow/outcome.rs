@@ -59,6 +59,16 @@ impl Outcome {
         if let Some(run_id) = run_id {
             outcome = outcome.field("run_id", run_id);
         }
+        if let Error::Findings { outcome: found, .. } = error {
+            let mut carried = (**found).clone();
+            outcome.outcome = carried.outcome.clone();
+            carried
+                .fields
+                .retain(|(name, _)| name != "run_id" && name != "domain");
+            outcome.fields.extend(carried.fields);
+            outcome.report = carried.report;
+            outcome.data = carried.data;
+        }
         if let Error::AuditInvalid(report) = error {
             if let Some(failure) = &report.failure {
                 outcome = outcome

@@ -128,7 +128,7 @@ pub struct Rotation<'a> {
 }
 
 impl<'a> Rotation<'a> {
-    fn domain(&self) -> &'a str {
+    pub fn domain(&self) -> &'a str {
         &self.settings.name
     }
 
@@ -305,6 +305,16 @@ impl<'a> Rotation<'a> {
         let new_version = run.new_version.ok_or_else(|| {
             Error::Software(format!("rotation run {} has no new version", run.run_id))
         })?;
+        let step = self.advance_to_switched(run)?;
+        self.finish_rotation(run, new_version, step)
+    }
+
+    /// Runs the generate, self-test and switch steps that `run` has not yet recorded,
+    /// and returns the step reached. Emergency revocation shares these steps.
+    pub fn advance_to_switched(&mut self, run: &RunRow) -> Result<Step> {
+        let new_version = run.new_version.ok_or_else(|| {
+            Error::Software(format!("rotation run {} has no new version", run.run_id))
+        })?;
         let mut step = run.step;
 
         if step < Step::Generated {
@@ -361,7 +371,11 @@ impl<'a> Rotation<'a> {
             self.apply_retention(&run.run_id)?;
             step = Step::Switched;
         }
+        Ok(step)
+    }
 
+    /// Runs the rest of a rotation after the switch: converge, postconditions, finish.
+    fn finish_rotation(&mut self, run: &RunRow, new_version: u32, step: Step) -> Result<Outcome> {
         if step < Step::Converged {
             self.ctx.check_stop(Step::Switched.as_str())?;
             self.converge()?;
@@ -447,7 +461,7 @@ impl<'a> Rotation<'a> {
     }
 
     /// Settles an unfinished run of another run id: abandon before switch, adopt after.
-    fn settle_foreign(&mut self, run: &RunRow) -> Result<()> {
+    pub fn settle_foreign(&mut self, run: &RunRow) -> Result<()> {
         if run.kind != "rotate" {
             return Err(Error::Inconsistent(format!(
                 "domain {} has an unfinished {} run {} (step {})\nhint: rerun it with --run-id {}",
@@ -568,12 +582,12 @@ impl<'a> Rotation<'a> {
     }
 
     /// Lists this domain's objects only; other domains may be mid-rotation.
-    fn inventory(&self) -> Result<Vec<crate::hsm::ObjectInfo>> {
+    pub fn inventory(&self) -> Result<Vec<crate::hsm::ObjectInfo>> {
         let prefix = format!("{LABEL_PREFIX}{}/", self.domain());
         Ok(self.session.inventory_under(&prefix)?)
     }
 
-    fn key(&self, version: u32) -> Result<KeyRow> {
+    pub fn key(&self, version: u32) -> Result<KeyRow> {
         self.ledger
             .keys(self.domain())?
             .into_iter()
@@ -586,7 +600,7 @@ impl<'a> Rotation<'a> {
             })
     }
 
-    fn note(&mut self, event: Event<'_>) -> Result<()> {
+    pub fn note(&mut self, event: Event<'_>) -> Result<()> {
         self.journal.emit(self.ledger, event)
     }
 }

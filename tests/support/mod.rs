@@ -18,6 +18,8 @@ pub const MODULE: &str = SOFTHSM_MODULE;
 pub const TOKEN_LABEL: &str = TEST_TOKEN_LABEL;
 /// The token's user PIN; distinctive enough that a substring search finds a leak.
 pub const PIN: &str = TEST_USER_PIN;
+/// Approver listed in the default `[access]` table; its key is `approver.key`.
+pub const APPROVER: &str = "keyrot-test-approver";
 
 pub struct Env {
     pub token: TestToken,
@@ -127,6 +129,7 @@ impl Env {
             dir,
             softhsm_conf,
         };
+        env.write_approver();
         env.write_config(domains, "");
         env
     }
@@ -150,7 +153,8 @@ impl Env {
         if !extra.contains("[access]") {
             let user = current_user();
             text.push_str(&format!(
-                "[access]\nscheduler_users = [\"{user}\"]\nemergency_users = [\"{user}\"]\n\n"
+                "[access]\nscheduler_users = [\"{user}\"]\nemergency_users = [\"{user}\"]\n\
+                 approvers = [{{ name = \"{APPROVER}\", public_key = \"approver.pub.pem\" }}]\n\n"
             ));
         }
         text.push_str(extra);
@@ -159,6 +163,50 @@ impl Env {
 
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.join(name)
+    }
+
+    /// Signs an emergency revoke approval for `domain` v`version` with the default
+    /// approver and returns its file name, relative to the folder commands run in.
+    pub fn approve_revoke(&self, domain: &str, version: u32) -> String {
+        let name = format!("approval-{domain}-v{version}.json");
+        let _ = std::fs::remove_file(self.path(&name));
+        let version = version.to_string();
+        self.run(&[
+            "approve",
+            "--domain",
+            domain,
+            "--action",
+            "revoke",
+            "--version",
+            &version,
+            "--reason",
+            "test emergency",
+            "--expires-in",
+            "1h",
+            "--key",
+            "approver.key",
+            "--approver",
+            APPROVER,
+            "--out",
+            &name,
+        ])
+        .expect_code(0);
+        name
+    }
+
+    /// Writes the default approver's P-256 key pair, listed in the default `[access]`.
+    fn write_approver(&self) {
+        use p256::pkcs8::{EncodePrivateKey, EncodePublicKey, LineEnding};
+        let secret = p256::SecretKey::from_slice(&[42; 32]).unwrap();
+        let private = secret.to_pkcs8_pem(LineEnding::LF).unwrap();
+        let public = secret
+            .public_key()
+            .to_public_key_pem(LineEnding::LF)
+            .unwrap();
+        let key = self.path("approver.key");
+        std::fs::write(&key, private.as_bytes()).unwrap();
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::write(self.path("approver.pub.pem"), public).unwrap();
     }
 
     pub fn ledger(&self) -> PathBuf {
@@ -174,9 +222,12 @@ impl Env {
     }
 
     /// A `keyrot` command with this environment's configuration and token.
+    /// Commands run in the environment's folder, so tests may name files there
+    /// by relative path.
     pub fn command(&self) -> Command {
         let mut command = Command::new(env!("CARGO_BIN_EXE_keyrot"));
         command
+            .current_dir(&self.dir)
             .env("KEYROT_CONFIG", &self.config)
             .env("SOFTHSM2_CONF", &self.softhsm_conf)
             .env_remove("KEYROT_RUN_ID")
@@ -360,4 +411,103 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     }
     files.sort();
     files
+}
+
+impl Env {
+    /// Runs `sqlite3 ledger.db SQL` and returns its output; panics if it fails.
+    pub fn sqlite(&self, sql: &str) -> String {
+        let output = Command::new("sqlite3")
+            .arg(self.ledger())
+            .arg(sql)
+            .output()
+            .expect("sqlite3 must be installed (scripts/install-deps.sh)");
+        assert!(
+            output.status.success(),
+            "sqlite3 {sql:?} failed: {output:?}"
+        );
+        String::from_utf8_lossy(&output.stdout).trim().to_string()
+    }
+
+    /// `CKA_ID` in hex that the ledger records for a key version.
+    pub fn key_id(&self, domain: &str, version: u32) -> String {
+        self.sqlite(&format!(
+            "SELECT key_id FROM keys WHERE domain = '{domain}' AND version = {version}"
+        ))
+    }
+
+    /// Number of active keys of `domain` in the ledger.
+    pub fn active_count(&self, domain: &str) -> usize {
+        self.sqlite(&format!(
+            "SELECT COUNT(*) FROM keys WHERE domain = '{domain}' AND state = 'active'"
+        ))
+        .parse()
+        .unwrap()
+    }
+
+    /// Runs `keyrot --output json verify ARGS` and returns the run and its finding codes.
+    pub fn verify(&self, args: &[&str]) -> (Run, Vec<String>) {
+        let mut all = vec!["--output", "json", "verify"];
+        all.extend_from_slice(args);
+        let run = self.run(&all);
+        let value: serde_json::Value =
+            serde_json::from_str(run.stdout.trim()).unwrap_or_else(|e| {
+                panic!(
+                    "verify printed no JSON ({e}):\n{}\n{}",
+                    run.stdout, run.stderr
+                )
+            });
+        let codes = value["findings"]
+            .as_array()
+            .map(|findings| {
+                findings
+                    .iter()
+                    .map(|f| f["code"].as_str().unwrap_or_default().to_string())
+                    .collect()
+            })
+            .unwrap_or_default();
+        (run, codes)
+    }
+
+    /// Asserts that `keyrot verify` exits 0 with no error-level finding.
+    pub fn assert_verify_clean(&self) {
+        let (run, codes) = self.verify(&[]);
+        assert_eq!(
+            run.code, 0,
+            "verify found {codes:?}\n{}\n{}",
+            run.stdout, run.stderr
+        );
+    }
+
+    /// Labels of the keyrot objects on the token, one entry per object.
+    pub fn token_labels(&self) -> Vec<String> {
+        self.pkcs11_tool(&["--list-objects"])
+            .lines()
+            .filter_map(|l| {
+                l.trim()
+                    .strip_prefix("label:")
+                    .map(|v| v.trim().to_string())
+            })
+            .filter(|l| l.starts_with("keyrot/"))
+            .collect()
+    }
+
+    /// Asserts that every keyrot object on the token, except the audit key, belongs to
+    /// a key the ledger records as not destroyed, and that no domain has two active keys.
+    pub fn assert_ledger_covers_token(&self, domain: &str) {
+        assert!(
+            self.active_count(domain) <= 1,
+            "two active keys in {domain}"
+        );
+        let known = self.sqlite("SELECT label FROM keys WHERE state != 'destroyed'");
+        let known: Vec<&str> = known.lines().collect();
+        for label in self.token_labels() {
+            if label == "keyrot/.audit/checkpoint" {
+                continue;
+            }
+            assert!(
+                known.contains(&label.as_str()),
+                "token object {label} unknown to the ledger"
+            );
+        }
+    }
 }
