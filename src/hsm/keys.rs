@@ -460,11 +460,10 @@ impl HsmSession<'_> {
         Ok(objects)
     }
 
-    /// Lists the objects under `prefix` like [`HsmSession::inventory_under`], without
-    /// searching the token when an earlier listing of this session covers `prefix`:
-    /// then it reads the attributes of the objects that listing found, and of those
-    /// this session generated since, one attribute read per object. Otherwise it
-    /// runs [`HsmSession::inventory_under`].
+    /// Lists the objects under `prefix` like [`HsmSession::inventory_under`], but
+    /// searches the token only if no earlier listing of this session covers `prefix`.
+    /// Otherwise it reads the attributes of the objects that listing found, and of
+    /// those this session generated since, with one attribute read per object.
     ///
     /// NOTE: an object that another process creates under `prefix` after the earlier
     /// listing is not seen. keyrot itself creates objects only under the domain lock,

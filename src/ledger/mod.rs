@@ -862,8 +862,8 @@ fn classify(path: &Path, action: &'static str, source: rusqlite::Error) -> Ledge
     }
 }
 
-/// Moves the stored audit head forward to `head`; a head at or before the stored one
-/// is left as it is, so that a head stored late cannot move it back.
+/// Moves the stored audit head forward to `head`. A head at or before the stored one
+/// changes nothing, so a head stored late cannot move it back.
 fn update_head(tx: &rusqlite::Transaction<'_>, head: &HeadRow) -> rusqlite::Result<()> {
     tx.execute(
         "UPDATE audit_head SET seq = ?1, hash = ?2, len = ?3 WHERE id = 1 AND seq < ?1",

@@ -4,7 +4,7 @@
 //! tail against the ledger head, writes and syncs one line, and releases the lock.
 //! Runs on different domains therefore take turns line by line and never fork the
 //! chain. The new head goes into the ledger's next write transaction (see
-//! [`Ledger::defer_audit_head`]), always after the line is synced; the stored head
+//! [`Ledger::defer_audit_head`]), always after the line is synced. The stored head
 //! only moves forward, so heads stored in another order than the appends are safe.
 
 use std::path::PathBuf;
