@@ -84,10 +84,16 @@ pub struct RunIdArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["domain", "all_due"])))]
 pub struct RotateArgs {
     /// Key domain to rotate, as named in the configuration.
     #[arg(long, value_name = "NAME")]
-    pub domain: String,
+    pub domain: Option<String>,
+
+    /// Rotate every due domain in one process, with one HSM login; the exit code is
+    /// the most severe domain outcome.
+    #[arg(long, conflicts_with_all = ["domain", "force", "dry_run"])]
+    pub all_due: bool,
 
     #[command(flatten)]
     pub run: RunIdArgs,
@@ -125,7 +131,7 @@ impl Command {
     /// Domain the command is about, for the result line of a failure.
     pub fn domain(&self) -> Option<&str> {
         match self {
-            Command::Rotate(a) => Some(&a.domain),
+            Command::Rotate(a) => a.domain.as_deref(),
             Command::Status(a) => a.domain.as_deref(),
             Command::Init(_) | Command::AuditVerify(_) => None,
         }
@@ -191,9 +197,10 @@ pub fn run(cli: &Cli, ctx: Option<&Context>, run_id: &str) -> Result<Outcome> {
     match &cli.command {
         Command::AuditVerify(_) => unreachable!("handled above"),
         Command::Init(_) => workflow::init::init(ctx),
+        Command::Rotate(args) if args.all_due => workflow::batch::rotate_all_due(ctx),
         Command::Rotate(args) => {
             let request = RotateRequest {
-                domain: args.domain.clone(),
+                domain: args.domain.clone().unwrap_or_default(),
                 force: args.force,
                 dry_run: args.dry_run,
                 emergency: false,

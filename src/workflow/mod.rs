@@ -3,6 +3,7 @@
 //! each other.
 
 pub mod audit_verify;
+pub mod batch;
 pub mod init;
 pub mod journal;
 pub mod lock;
