@@ -16,7 +16,8 @@ pub fn status(ctx: &Context, domain: Option<&str>) -> Result<Outcome> {
     if let Some(name) = domain {
         super::rotate::domain_settings(ctx, name)?;
     }
-    let ledger = Ledger::open_existing(&ctx.config.storage.ledger)?;
+    // Read-only: status sets no pragma and never migrates, so it writes nothing.
+    let ledger = Ledger::open_read_only(&ctx.config.storage.ledger)?;
     let keys = ledger.all_keys()?;
     let unfinished = ledger.all_unfinished_runs()?;
     let now = ctx.now();
