@@ -11,7 +11,7 @@ use tracing_subscriber::{Layer, fmt};
 
 use crate::config::LogSettings;
 
-/// Lines the log file writer's queue holds before logging waits for the writer.
+/// Capacity of the log file writer's queue, in lines; logging waits when it is full.
 const LOG_QUEUE_LINES: usize = 4096;
 
 /// Level for stderr from `-v` and `-q`: warnings by default.
