@@ -72,6 +72,14 @@ keep_deprecated = 2
 CONF
 }
 
+# many_domains_toml COUNT ROTATE_EVERY: COUNT aes-256 domains named d0000, d0001, …
+many_domains_toml() {
+    local i
+    for ((i = 0; i < $1; i++)); do
+        domain_toml "$(printf 'd%04d' "$i")" aes-256 "$2"
+    done
+}
+
 # fill DIR COUNT PREFIX: adds COUNT AES keys labelled PREFIX-N (outside keyrot/).
 fill() {
     [ "$2" -gt 0 ] || return 0
@@ -95,7 +103,10 @@ use_pkcs11_tool() {
 # time in milliseconds. Fails when COMMAND fails.
 time_ms() {
     local start=$EPOCHREALTIME
-    "$@" >/dev/null 2>&1
+    "$@" >/dev/null 2>&1 || {
+        echo "failed with exit code $?: $1" >&2
+        return 1
+    }
     local end=$EPOCHREALTIME
     echo "($end - $start) * 1000" | bc -l
 }
