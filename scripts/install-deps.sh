@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what keyrot's demo, tests and benchmarks need on a Debian machine:
-# SoftHSM2 (the PKCS#11 token), OpenSC's pkcs11-tool (the benchmark peer) and
-# sqlite3. Does nothing when they are present.
+# SoftHSM2 (the PKCS#11 token), OpenSC's pkcs11-tool (the benchmark peer),
+# sqlite3, and hyperfine and jq for scripts/bench-status.sh. Does nothing when they
+# are present.
 set -euo pipefail
 
 missing=()
@@ -9,6 +10,8 @@ missing=()
 command -v softhsm2-util >/dev/null || missing+=(softhsm2)
 command -v pkcs11-tool >/dev/null || missing+=(opensc)
 command -v sqlite3 >/dev/null || missing+=(sqlite3)
+command -v hyperfine >/dev/null || missing+=(hyperfine)
+command -v jq >/dev/null || missing+=(jq)
 
 if [ ${#missing[@]} -gt 0 ]; then
     echo "installing: ${missing[*]}" >&2

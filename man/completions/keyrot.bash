@@ -234,7 +234,7 @@ _keyrot() {
             return 0
             ;;
         keyrot__subcmd__rotate)
-            opts="-v -q -h --domain --run-id --force --dry-run --emergency --reason --approval --config --output --verbose --quiet --help"
+            opts="-v -q -h --domain --all-due --run-id --force --dry-run --emergency --reason --approval --config --output --verbose --quiet --help"
             if [[ ${cur} == -* || ${COMP_CWORD} -eq 2 ]] ; then
                 COMPREPLY=( $(compgen -W "${opts}" -- "${cur}") )
                 return 0

@@ -52,6 +52,7 @@ complete -c keyrot -n "__fish_keyrot_using_subcommand rotate" -l approval -d 'Ap
 complete -c keyrot -n "__fish_keyrot_using_subcommand rotate" -l config -d 'Configuration file (TOML)' -r -F
 complete -c keyrot -n "__fish_keyrot_using_subcommand rotate" -l output -d 'Result line format on stdout' -r -f -a "text\t''
 json\t''"
+complete -c keyrot -n "__fish_keyrot_using_subcommand rotate" -l all-due -d 'Rotate every due domain in one process, with one HSM login; the exit code is the most severe domain outcome'
 complete -c keyrot -n "__fish_keyrot_using_subcommand rotate" -l force -d 'Rotate before the domain is due; min_interval and max_per_day still apply'
 complete -c keyrot -n "__fish_keyrot_using_subcommand rotate" -l dry-run -d 'Report what would happen and change nothing'
 complete -c keyrot -n "__fish_keyrot_using_subcommand rotate" -l emergency -d 'Rotate now, out of schedule: needs --reason and a signed --approval, skips the due check and min_interval, and still counts against max_per_day'

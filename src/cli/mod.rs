@@ -194,10 +194,16 @@ pub struct RunIdArgs {
 }
 
 #[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["domain", "all_due"])))]
 pub struct RotateArgs {
     /// Key domain to rotate, as named in the configuration.
     #[arg(long, value_name = "NAME")]
-    pub domain: String,
+    pub domain: Option<String>,
+
+    /// Rotate every due domain in one process, with one HSM login; the exit code is
+    /// the most severe domain outcome.
+    #[arg(long, conflicts_with_all = ["domain", "force", "dry_run"])]
+    pub all_due: bool,
 
     #[command(flatten)]
     pub run: RunIdArgs,
@@ -255,7 +261,7 @@ impl Command {
     /// Domain the command is about, for the result line of a failure.
     pub fn domain(&self) -> Option<&str> {
         match self {
-            Command::Rotate(a) => Some(&a.domain),
+            Command::Rotate(a) => a.domain.as_deref(),
             Command::Status(a) => a.domain.as_deref(),
             Command::Approve(a) => Some(&a.domain),
             Command::Revoke(a) => Some(&a.domain),
@@ -342,9 +348,10 @@ pub fn run(cli: &Cli, ctx: Option<&Context>, run_id: &str) -> Result<Outcome> {
     match &cli.command {
         Command::AuditVerify(_) | Command::Approve(_) => unreachable!("handled above"),
         Command::Init(_) => workflow::init::init(ctx),
+        Command::Rotate(args) if args.all_due => workflow::batch::rotate_all_due(ctx),
         Command::Rotate(args) => {
             let request = RotateRequest {
-                domain: args.domain.clone(),
+                domain: args.domain.clone().unwrap_or_default(),
                 force: args.force,
                 dry_run: args.dry_run,
                 emergency: args.emergency,

@@ -14,7 +14,7 @@ use crate::model::{AUDIT_KEY_LABEL, KeyId, KeyType};
 const SEC1_POINT_BYTES: usize = 65;
 
 /// Shown as the `CKA_ID` in errors about the audit key, which is found by label alone.
-const ANY_ID: &str = "(any)";
+pub(super) const ANY_ID: &str = "(any)";
 
 /// Handles and public key of the audit checkpoint key, cached per session.
 #[derive(Debug, Clone)]
@@ -62,7 +62,7 @@ impl HsmSession<'_> {
         Ok(Some(key))
     }
 
-    fn audit_key_from(&self, parts: &KeyParts) -> Result<AuditKey, HsmError> {
+    pub(super) fn audit_key_from(&self, parts: &KeyParts) -> Result<AuditKey, HsmError> {
         let private = parts.require(ObjectKind::PrivateKey)?;
         let public = parts.require(ObjectKind::PublicKey)?;
         let public_point = self.ec_point(public, ANY_ID, AUDIT_KEY_LABEL)?;

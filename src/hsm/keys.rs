@@ -10,11 +10,11 @@ use cryptoki::object::{Attribute, AttributeType, ObjectHandle};
 use sha2::{Digest, Sha256};
 use tracing::{debug, info, warn};
 
-use super::audit_key::decode_ec_point;
+use super::audit_key::{ANY_ID, decode_ec_point};
 use super::error::rv_name;
 use super::objects::{Found, INVENTORY_ATTRIBUTES, KeyParts};
 use super::{HsmError, HsmSession, Lookups, ObjectInfo, ObjectKind, UsageFlags, call, templates};
-use crate::model::{KeyId, KeyType, LABEL_PREFIX, Usage};
+use crate::model::{AUDIT_KEY_LABEL, KeyId, KeyType, LABEL_PREFIX, Usage};
 
 /// Result of [`HsmSession::generate`]: how the key version came to exist.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -419,10 +419,14 @@ impl HsmSession<'_> {
     /// Lists the objects whose label starts with `prefix`, such as `keyrot/payments/`,
     /// like [`HsmSession::inventory`]. Reads only the label of other objects, so a key
     /// that another process is creating in another domain cannot disturb the listing.
+    ///
+    /// Replaces the cached lookups under `prefix` and keeps the others. The audit
+    /// checkpoint key is cached too when the listing passes it, so that signing a
+    /// checkpoint later needs no search of its own.
     pub fn inventory_under(&self, prefix: &str) -> Result<Vec<ObjectInfo>, HsmError> {
         let handles = call("C_FindObjects", || self.session.find_objects(&[]))?;
-        let mut objects = Vec::new();
-        let mut keys: HashMap<(KeyId, String), Vec<Found>> = HashMap::new();
+        let mut listing = Listing::default();
+        let mut audit_objects = Vec::new();
         for handle in handles {
             let label = call("C_GetAttributeValue", || {
                 self.session.get_attributes(handle, &[AttributeType::Label])
@@ -435,28 +439,97 @@ impl HsmSession<'_> {
                 }
                 Err(error) => return Err(error),
             };
+            let is_audit_key = label == AUDIT_KEY_LABEL;
             if !label.starts_with(prefix) {
+                if is_audit_key {
+                    audit_objects.extend(self.describe(&[handle])?);
+                }
                 continue;
             }
-            let attributes = match self.read_inventory_attributes(handle)? {
-                Some(attributes) => attributes,
-                None => continue,
+            let Some(attributes) = self.read_inventory_attributes(handle)? else {
+                continue;
             };
-            let info = ObjectInfo::from_attributes(&attributes);
-            if let Some(id) = info.key_id() {
-                keys.entry((id, info.label.clone()))
-                    .or_default()
-                    .push(Found::from_attributes(handle, &attributes));
+            if is_audit_key {
+                audit_objects.push(Found::from_attributes(handle, &attributes));
             }
-            objects.push(info);
+            listing.add(handle, &attributes);
         }
-        *self.lookups.borrow_mut() = Lookups {
-            keys,
-            complete: Some(prefix.to_string()),
-            audit: None,
-        };
+        self.cache_audit_key(&audit_objects);
+        let objects = self.store_listing(prefix, listing, true);
         debug!(objects = objects.len(), "listed keyrot objects");
         Ok(objects)
+    }
+
+    /// Lists the objects under `prefix` like [`HsmSession::inventory_under`], but
+    /// searches the token only if no earlier listing of this session covers `prefix`.
+    /// Otherwise it reads the attributes of the objects that listing found, and of
+    /// those this session generated since, with one attribute read per object.
+    ///
+    /// NOTE: an object that another process creates under `prefix` after the earlier
+    /// listing is not seen. keyrot itself creates objects only under the domain lock,
+    /// so callers that hold the lock since that listing see every keyrot object.
+    pub fn relist_under(&self, prefix: &str) -> Result<Vec<ObjectInfo>, HsmError> {
+        let handles = {
+            let lookups = self.lookups.borrow();
+            let covered = lookups
+                .complete
+                .as_deref()
+                .is_some_and(|complete| prefix.starts_with(complete));
+            covered.then(|| cached_handles(&lookups, prefix))
+        };
+        let Some(handles) = handles else {
+            return self.inventory_under(prefix);
+        };
+        let mut listing = Listing::default();
+        for handle in handles {
+            // A destroyed object is left out, as a new search would leave it out.
+            let Some(attributes) = self.read_inventory_attributes(handle)? else {
+                continue;
+            };
+            if label_of(&attributes).starts_with(prefix) {
+                listing.add(handle, &attributes);
+            }
+        }
+        let objects = self.store_listing(prefix, listing, false);
+        debug!(objects = objects.len(), "read keyrot objects again");
+        Ok(objects)
+    }
+
+    /// Replaces the cached lookups under `prefix` with `listing` and returns its
+    /// objects. `searched` marks a listing from a search of the whole token, which
+    /// makes the cache complete under `prefix`.
+    fn store_listing(&self, prefix: &str, listing: Listing, searched: bool) -> Vec<ObjectInfo> {
+        let mut lookups = self.lookups.borrow_mut();
+        lookups
+            .keys
+            .retain(|(_, label), _| !label.starts_with(prefix));
+        lookups.keys.extend(listing.keys);
+        lookups
+            .others
+            .retain(|(label, _)| !label.starts_with(prefix));
+        lookups.others.extend(listing.others);
+        let covered = lookups
+            .complete
+            .as_deref()
+            .is_some_and(|complete| prefix.starts_with(complete));
+        if searched && !covered {
+            lookups.complete = Some(prefix.to_string());
+        }
+        listing.objects
+    }
+
+    /// Caches the audit checkpoint key from objects a listing found, unless it is
+    /// cached already. Objects that are not a complete key pair are left for
+    /// [`HsmSession::audit_public_key`] to report.
+    fn cache_audit_key(&self, found: &[Found]) {
+        if found.is_empty() || self.lookups.borrow().audit.is_some() {
+            return;
+        }
+        let cached = KeyParts::resolve(found, KeyType::EcP256, ANY_ID, AUDIT_KEY_LABEL)
+            .and_then(|parts| self.audit_key_from(&parts));
+        if let Err(error) = cached {
+            debug!(%error, "audit key found by the listing is left for a lookup");
+        }
     }
 
     /// Reads an object's inventory attributes; `None` when the object was destroyed
@@ -489,6 +562,44 @@ impl HsmSession<'_> {
             }
         }
     }
+}
+
+/// Objects of one listing, and the cache entries they make.
+#[derive(Default)]
+struct Listing {
+    objects: Vec<ObjectInfo>,
+    keys: HashMap<(KeyId, String), Vec<Found>>,
+    others: Vec<(String, ObjectHandle)>,
+}
+
+impl Listing {
+    fn add(&mut self, handle: ObjectHandle, attributes: &[Attribute]) {
+        let info = ObjectInfo::from_attributes(attributes);
+        match info.key_id() {
+            Some(id) => self
+                .keys
+                .entry((id, info.label.clone()))
+                .or_default()
+                .push(Found::from_attributes(handle, attributes)),
+            None => self.others.push((info.label.clone(), handle)),
+        }
+        self.objects.push(info);
+    }
+}
+
+/// Handles of every cached object under `prefix`.
+fn cached_handles(lookups: &Lookups, prefix: &str) -> Vec<ObjectHandle> {
+    let keyed = lookups
+        .keys
+        .iter()
+        .filter(|((_, label), _)| label.starts_with(prefix))
+        .flat_map(|(_, found)| found.iter().map(|object| object.handle));
+    let others = lookups
+        .others
+        .iter()
+        .filter(|(label, _)| label.starts_with(prefix))
+        .map(|(_, handle)| *handle);
+    keyed.chain(others).collect()
 }
 
 fn label_of(attributes: &[Attribute]) -> String {

@@ -298,9 +298,12 @@ impl Hsm {
 struct Lookups {
     /// Objects of each key version this session looked up, inventoried or generated.
     keys: HashMap<(KeyId, String), Vec<Found>>,
-    /// Label prefix under which `keys` contains every object because an inventory of
-    /// that prefix ran. A key version under it missing from `keys` has no objects.
+    /// Label prefix under which `keys` and `others` contain every object because an
+    /// inventory of that prefix ran. A key version under it missing from `keys` has no
+    /// objects.
     complete: Option<String>,
+    /// Objects an inventory listed whose `CKA_ID` is not a 16-byte keyrot id, by label.
+    others: Vec<(String, ObjectHandle)>,
     /// The audit checkpoint key, once looked up.
     audit: Option<audit_key::AuditKey>,
 }

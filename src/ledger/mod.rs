@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
+use rusqlite::config::DbConfig;
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, TransactionBehavior, params};
 
 use crate::model::{KeyId, KeyState, KeyType};
@@ -213,6 +214,9 @@ pub enum StartResult {
 pub struct Ledger {
     conn: Connection,
     path: PathBuf,
+    /// Audit head of a line already written and synced, stored by the next write
+    /// transaction of this connection instead of a transaction of its own.
+    deferred_head: Option<HeadRow>,
 }
 
 impl Ledger {
@@ -276,6 +280,7 @@ impl Ledger {
         Ok(Ledger {
             conn,
             path: path.to_path_buf(),
+            deferred_head: None,
         })
     }
 
@@ -292,6 +297,12 @@ impl Ledger {
         self.conn
             .pragma_update(None, "foreign_keys", "ON")
             .map_err(|e| self.error("enable foreign keys", e))?;
+        // Closing the last connection would otherwise checkpoint the WAL into the main
+        // file, sync it and delete the WAL, and the next process would create the WAL
+        // and sync the folder again. Checkpoints still run automatically on commit.
+        self.conn
+            .set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)
+            .map_err(|e| self.error("disable checkpoint on close", e))?;
         // SQLite creates the -wal and -shm files with the database's mode, so 0600
         // on the main file keeps them private too.
         Ok(())
@@ -305,7 +316,8 @@ impl Ledger {
         classify(&self.path, action, source)
     }
 
-    /// Runs `body` inside a `BEGIN IMMEDIATE` transaction and commits it.
+    /// Runs `body` inside a `BEGIN IMMEDIATE` transaction and commits it, together
+    /// with a deferred audit head, if any.
     fn write<T>(
         &mut self,
         action: &'static str,
@@ -316,15 +328,28 @@ impl Ledger {
             .conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(|e| classify(&path, action, e))?;
+        if let Some(head) = &self.deferred_head {
+            update_head(&tx, head).map_err(|e| classify(&path, action, e))?;
+        }
         let value = body(&tx).map_err(|e| classify(&path, action, e))?;
         tx.commit().map_err(|e| classify(&path, action, e))?;
+        self.deferred_head = None;
         Ok(value)
     }
 
     // ---- audit head and checkpoints ----
 
     /// Returns the audit head and the log id, or `None` before the genesis line exists.
+    /// A head deferred by [`Ledger::defer_audit_head`] counts as stored.
     pub fn audit_head(&self) -> Result<Option<(HeadRow, String)>> {
+        let stored = self.stored_audit_head()?;
+        Ok(stored.map(|(head, log_id)| match &self.deferred_head {
+            Some(deferred) if deferred.seq > head.seq => (deferred.clone(), log_id),
+            _ => (head, log_id),
+        }))
+    }
+
+    fn stored_audit_head(&self) -> Result<Option<(HeadRow, String)>> {
         self.conn
             .query_row(
                 "SELECT seq, hash, len, log_id FROM audit_head WHERE id = 1",
@@ -374,6 +399,25 @@ impl Ledger {
             update_head(tx, head)?;
             Ok(())
         })
+    }
+
+    /// Stores the head after a synced append in the next write transaction of this
+    /// connection, which saves a commit (and its WAL sync) per audit line. The head
+    /// only moves forward, so a deferred head never overwrites a newer one that
+    /// another process stored meanwhile. Call [`Ledger::flush_audit_head`] when no
+    /// further write follows; dropping the ledger also tries to.
+    pub fn defer_audit_head(&mut self, head: &HeadRow) {
+        if self.deferred_head.as_ref().is_none_or(|d| d.seq < head.seq) {
+            self.deferred_head = Some(head.clone());
+        }
+    }
+
+    /// Stores a deferred audit head now, if there is one.
+    pub fn flush_audit_head(&mut self) -> Result<()> {
+        if self.deferred_head.is_none() {
+            return Ok(());
+        }
+        self.write("update audit head", |_| Ok(()))
     }
 
     /// Stores a checkpoint and the head that its own line produced, in one transaction.
@@ -562,6 +606,28 @@ impl Ledger {
             tx.execute(
                 "UPDATE keys SET check_value = ?3 WHERE domain = ?1 AND version = ?2",
                 params![domain, version, value],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Records a passed self-test: the key's check value and the run's step `tested`,
+    /// in one transaction.
+    pub fn record_self_test(
+        &mut self,
+        run_id: &str,
+        domain: &str,
+        version: u32,
+        check_value: &str,
+    ) -> Result<()> {
+        self.write("record self-test", |tx| {
+            tx.execute(
+                "UPDATE keys SET check_value = ?3 WHERE domain = ?1 AND version = ?2",
+                params![domain, version, check_value],
+            )?;
+            tx.execute(
+                "UPDATE runs SET step = 'tested' WHERE run_id = ?1 AND domain = ?2",
+                params![run_id, domain],
             )?;
             Ok(())
         })
@@ -859,6 +925,16 @@ impl Ledger {
     }
 }
 
+impl Drop for Ledger {
+    fn drop(&mut self) {
+        // A run that stopped between an audit append and its next ledger write still
+        // stores the head. If this fails, the next writer adopts the synced line.
+        if let Err(error) = self.flush_audit_head() {
+            tracing::warn!(%error, "failed to store the audit head");
+        }
+    }
+}
+
 fn classify(path: &Path, action: &'static str, source: rusqlite::Error) -> LedgerError {
     match source.sqlite_error_code() {
         Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => LedgerError::Busy {
@@ -911,9 +987,11 @@ fn burn(
     Ok(None)
 }
 
+/// Moves the stored audit head forward to `head`. A head at or before the stored one
+/// changes nothing, so a head stored late cannot move it back.
 fn update_head(tx: &rusqlite::Transaction<'_>, head: &HeadRow) -> rusqlite::Result<()> {
     tx.execute(
-        "UPDATE audit_head SET seq = ?1, hash = ?2, len = ?3 WHERE id = 1",
+        "UPDATE audit_head SET seq = ?1, hash = ?2, len = ?3 WHERE id = 1 AND seq < ?1",
         params![head.seq as i64, head.hash, head.len as i64],
     )?;
     Ok(())

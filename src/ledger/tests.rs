@@ -257,3 +257,41 @@ fn rotation_start_times_are_oldest_first() {
     );
     assert_eq!(ledger.rotations_since("payments", 150).unwrap(), 2);
 }
+
+#[test]
+fn deferred_head_rides_on_next_write() {
+    let (_dir, mut ledger) = temp_ledger();
+    let genesis = HeadRow {
+        seq: 0,
+        hash: "ab".repeat(32),
+        len: 300,
+    };
+    ledger.init_audit_head(&genesis, "log-1", "fp").unwrap();
+    let next = HeadRow {
+        seq: 1,
+        hash: "cd".repeat(32),
+        len: 600,
+    };
+    ledger.defer_audit_head(&next);
+    assert_eq!(ledger.audit_head().unwrap().unwrap().0, next);
+    assert_eq!(ledger.stored_audit_head().unwrap().unwrap().0, genesis);
+
+    ledger.flush_audit_head().unwrap();
+    assert_eq!(ledger.stored_audit_head().unwrap().unwrap().0, next);
+}
+
+#[test]
+fn stored_head_never_moves_back() {
+    let (_dir, mut ledger) = temp_ledger();
+    let heads: Vec<HeadRow> = (0..3)
+        .map(|seq| HeadRow {
+            seq,
+            hash: format!("{seq:02x}").repeat(32),
+            len: 100 * (seq + 1),
+        })
+        .collect();
+    ledger.init_audit_head(&heads[0], "log-1", "fp").unwrap();
+    ledger.set_audit_head(&heads[2]).unwrap();
+    ledger.set_audit_head(&heads[1]).unwrap();
+    assert_eq!(ledger.audit_head().unwrap().unwrap().0, heads[2]);
+}

@@ -1,9 +1,11 @@
 //! Appends a run's audit records and keeps the ledger's audit head in step.
 //!
 //! Each append opens the audit file under its exclusive `flock`, checks the file's
-//! tail against the ledger head, writes and syncs one line, and stores the new head
-//! in the ledger before the lock is released. Runs on different domains therefore
-//! take turns line by line and never fork the chain.
+//! tail against the ledger head, writes and syncs one line, and releases the lock.
+//! Runs on different domains therefore take turns line by line and never fork the
+//! chain. The new head goes into the ledger's next write transaction (see
+//! [`Ledger::defer_audit_head`]), always after the line is synced. The stored head
+//! only moves forward, so heads stored in another order than the appends are safe.
 
 use std::path::PathBuf;
 
@@ -95,7 +97,8 @@ impl Journal {
         self.open(ledger).map(drop)
     }
 
-    /// Appends one record and stores the new head in the ledger.
+    /// Appends one record and hands the new head to the ledger, which stores it with
+    /// its next write transaction.
     pub fn emit(&mut self, ledger: &mut Ledger, event: Event<'_>) -> Result<()> {
         let mut writer = self.open(ledger)?;
         let record = Record {
@@ -114,7 +117,7 @@ impl Journal {
         };
         let head = writer.append(&record)?;
         failpoint("journal.before_head");
-        ledger.set_audit_head(&to_row(&head))?;
+        ledger.defer_audit_head(&to_row(&head));
         self.unsealed = true;
         Ok(())
     }

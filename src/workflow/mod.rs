@@ -5,6 +5,7 @@
 pub mod access;
 pub mod approve;
 pub mod audit_verify;
+pub mod batch;
 pub mod init;
 pub mod journal;
 pub mod lock;

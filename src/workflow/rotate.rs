@@ -337,9 +337,7 @@ impl<'a> Rotation<'a> {
                 .session
                 .check_value(key.key_type, &key.key_id, &key.label)?;
             self.ledger
-                .set_check_value(self.domain(), new_version, &check_value)?;
-            self.ledger
-                .set_step(&run.run_id, self.domain(), Step::Tested)?;
+                .record_self_test(&run.run_id, self.domain(), new_version, &check_value)?;
             let key = self.key(new_version)?;
             self.note(
                 Event::new(self.domain(), "key.generated")
@@ -581,10 +579,12 @@ impl<'a> Rotation<'a> {
         Ok(recent)
     }
 
-    /// Lists this domain's objects only; other domains may be mid-rotation.
+    /// Lists this domain's objects only; other domains may be mid-rotation. The first
+    /// listing of a session searches the token, and later ones read the attributes of
+    /// the objects it found again, which the domain lock makes complete.
     pub fn inventory(&self) -> Result<Vec<crate::hsm::ObjectInfo>> {
         let prefix = format!("{LABEL_PREFIX}{}/", self.domain());
-        Ok(self.session.inventory_under(&prefix)?)
+        Ok(self.session.relist_under(&prefix)?)
     }
 
     pub fn key(&self, version: u32) -> Result<KeyRow> {

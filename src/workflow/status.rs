@@ -3,6 +3,8 @@
 //! Status never loads the HSM module, so it works while the HSM is down and costs
 //! one SQLite read.
 
+use std::collections::HashMap;
+
 use serde_json::{Value, json};
 
 use crate::error::{Error, Result};
@@ -16,10 +18,24 @@ pub fn status(ctx: &Context, domain: Option<&str>) -> Result<Outcome> {
     if let Some(name) = domain {
         super::rotate::domain_settings(ctx, name)?;
     }
-    let ledger = Ledger::open_existing(&ctx.config.storage.ledger)?;
+    // Read-only: status sets no pragma and never migrates, so it writes nothing.
+    let ledger = Ledger::open_read_only(&ctx.config.storage.ledger)?;
     let keys = ledger.all_keys()?;
     let unfinished = ledger.all_unfinished_runs()?;
     let now = ctx.now();
+
+    // Grouped once, so that the loop below stays linear in the number of domains.
+    let mut keys_by_domain: HashMap<&str, Vec<&KeyRow>> = HashMap::new();
+    for key in &keys {
+        keys_by_domain.entry(&key.domain).or_default().push(key);
+    }
+    let mut runs_by_domain: HashMap<&str, Vec<&str>> = HashMap::new();
+    for run in &unfinished {
+        runs_by_domain
+            .entry(&run.domain)
+            .or_default()
+            .push(&run.run_id);
+    }
 
     let mut report = Vec::new();
     let mut domains = Vec::new();
@@ -28,7 +44,9 @@ pub fn status(ctx: &Context, domain: Option<&str>) -> Result<Outcome> {
         if domain.is_some_and(|d| d != settings.name) {
             continue;
         }
-        let domain_keys: Vec<&KeyRow> = keys.iter().filter(|k| k.domain == settings.name).collect();
+        let domain_keys = keys_by_domain
+            .remove(settings.name.as_str())
+            .unwrap_or_default();
         let active = domain_keys.iter().find(|k| k.state == KeyState::Active);
         let last = active.and_then(|k| k.activated_at);
         let next = last.map(|t| t.saturating_add(settings.rotate_every.micros()));
@@ -36,11 +54,9 @@ pub fn status(ctx: &Context, domain: Option<&str>) -> Result<Outcome> {
         if is_overdue {
             overdue += 1;
         }
-        let runs: Vec<&str> = unfinished
-            .iter()
-            .filter(|r| r.domain == settings.name)
-            .map(|r| r.run_id.as_str())
-            .collect();
+        let runs = runs_by_domain
+            .remove(settings.name.as_str())
+            .unwrap_or_default();
 
         let versions: Vec<String> = domain_keys
             .iter()
