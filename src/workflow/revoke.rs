@@ -310,19 +310,7 @@ impl<'a> Revocation<'_, 'a> {
             )));
         }
 
-        // Preconditions: ledger invariants, the HSM matching the ledger, the audit tail.
-        let keys = self.rotation.ledger.keys(&domain)?;
-        check_invariants(&domain, &keys)?;
-        let inventory = self.rotation.inventory()?;
-        let mismatches = check_domain(&inventory, &domain, &keys);
-        if !mismatches.is_empty() {
-            let lines: Vec<String> = mismatches.iter().map(|m| format!("  {m}")).collect();
-            return Err(Error::Inconsistent(format!(
-                "domain {domain}: the HSM does not match the ledger; nothing was changed\n{}\nhint: run `keyrot verify --domain {domain}` and resolve the drift by hand",
-                lines.join("\n")
-            )));
-        }
-        self.rotation.journal.check_tail(self.rotation.ledger)?;
+        let keys = self.rotation.check_preconditions()?;
 
         // Intent: the run (and for an emergency the pending key) before the HSM acts.
         let new_version = keys.last().map(|k| k.version + 1).unwrap_or(1);

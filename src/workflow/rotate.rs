@@ -167,21 +167,7 @@ impl<'a> Rotation<'a> {
             return self.continue_from(&run);
         }
 
-        // Preconditions: ledger invariants, the HSM matching the ledger, the audit tail.
-        let keys = self.ledger.keys(self.domain())?;
-        check_invariants(self.domain(), &keys)?;
-        let inventory = self.inventory()?;
-        let mismatches = check_domain(&inventory, self.domain(), &keys);
-        if !mismatches.is_empty() {
-            let lines: Vec<String> = mismatches.iter().map(|m| format!("  {m}")).collect();
-            return Err(Error::Inconsistent(format!(
-                "domain {}: the HSM does not match the ledger; nothing was changed\n{}\nhint: run `keyrot verify --domain {}` and resolve the drift by hand",
-                self.domain(),
-                lines.join("\n"),
-                self.domain()
-            )));
-        }
-        self.journal.check_tail(self.ledger)?;
+        let keys = self.check_preconditions()?;
 
         // Due check and rate limits.
         let now = self.ctx.now();
@@ -383,18 +369,9 @@ impl<'a> Rotation<'a> {
         }
 
         // Postconditions: every key of the domain matches the ledger, and nothing extra exists.
-        let keys = self.ledger.keys(self.domain())?;
-        check_invariants(self.domain(), &keys)?;
-        let inventory = self.inventory()?;
-        let mismatches = check_domain(&inventory, self.domain(), &keys);
-        if !mismatches.is_empty() {
-            let lines: Vec<String> = mismatches.iter().map(|m| format!("  {m}")).collect();
-            return Err(Error::Inconsistent(format!(
-                "domain {}: postcondition failed after rotation to v{new_version}\n{}",
-                self.domain(),
-                lines.join("\n")
-            )));
-        }
+        self.check_domain_matches(&format!(
+            "postcondition failed after rotation to v{new_version}"
+        ))?;
 
         let outcome = Outcome::new("rotated")
             .field("domain", self.domain())
@@ -577,6 +554,36 @@ impl<'a> Rotation<'a> {
             return Err(auth.refuse(self.ctx, self.ledger, "max_per_day", error));
         }
         Ok(recent)
+    }
+
+    /// Checks what must hold before a run changes anything: the ledger invariants, the
+    /// HSM matching the ledger, and the audit tail matching the ledger head. Returns
+    /// the domain's keys.
+    pub fn check_preconditions(&mut self) -> Result<Vec<KeyRow>> {
+        let keys =
+            self.check_domain_matches("the HSM does not match the ledger; nothing was changed")?;
+        self.journal.check_tail(self.ledger)?;
+        Ok(keys)
+    }
+
+    /// Checks the ledger invariants and every key of the domain against the HSM,
+    /// returning the keys, or `Error::Inconsistent` that starts with `context` and
+    /// lists each mismatch.
+    fn check_domain_matches(&self, context: &str) -> Result<Vec<KeyRow>> {
+        let keys = self.ledger.keys(self.domain())?;
+        check_invariants(self.domain(), &keys)?;
+        let inventory = self.inventory()?;
+        let mismatches = check_domain(&inventory, self.domain(), &keys);
+        if mismatches.is_empty() {
+            return Ok(keys);
+        }
+        let lines: Vec<String> = mismatches.iter().map(|m| format!("  {m}")).collect();
+        Err(Error::Inconsistent(format!(
+            "domain {}: {context}\n{}\nhint: run `keyrot verify --domain {}` and resolve the drift by hand",
+            self.domain(),
+            lines.join("\n"),
+            self.domain()
+        )))
     }
 
     /// Lists this domain's objects only; other domains may be mid-rotation. The first
