@@ -52,6 +52,10 @@ lock_dir = "locks"
 dir = "logs"
 level = "warn"
 
+[access]
+scheduler_users = ["$(id -un)"]
+emergency_users = ["$(id -un)"]
+
 $domains
 CONF
     "$keyrot" -q init >/dev/null

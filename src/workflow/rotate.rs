@@ -306,11 +306,11 @@ impl<'a> Rotation<'a> {
         if step < Step::Generated {
             self.ctx.check_stop(Step::Started.as_str())?;
             let key = self.key(new_version)?;
+            // Generation needs no record of its own: a rerun adopts the objects already
+            // created under this CKA_ID and label, so the pending row is the intent.
             self.session
                 .generate(key.key_type, &key.key_id, &key.label)?;
             failpoint("rotate.after_generate");
-            self.ledger
-                .set_step(&run.run_id, self.domain(), Step::Generated)?;
             step = Step::Generated;
         }
 
@@ -362,10 +362,10 @@ impl<'a> Rotation<'a> {
     fn finish_rotation(&mut self, run: &RunRow, new_version: u32, step: Step) -> Result<Outcome> {
         if step < Step::Converged {
             self.ctx.check_stop(Step::Switched.as_str())?;
+            // Converging is idempotent and the finish record follows, so the step is
+            // not recorded on its own: a rerun converges again.
             self.converge()?;
             failpoint("rotate.after_converge");
-            self.ledger
-                .set_step(&run.run_id, self.domain(), Step::Converged)?;
         }
 
         // Postconditions: every key of the domain matches the ledger, and nothing extra exists.
