@@ -322,15 +322,10 @@ impl<'a> Rotation<'a> {
             let check_value = self
                 .session
                 .check_value(key.key_type, &key.key_id, &key.label)?;
+            // The self-test result and check value are audited with the activation,
+            // one line instead of two, since the key is unused until then.
             self.ledger
                 .record_self_test(&run.run_id, self.domain(), new_version, &check_value)?;
-            let key = self.key(new_version)?;
-            self.note(
-                Event::new(self.domain(), "key.generated")
-                    .key(&key)
-                    .detail("self_test", "passed")
-                    .detail("check_value", check_value.as_str()),
-            )?;
             failpoint("rotate.after_self_test");
             step = Step::Tested;
         }
@@ -347,7 +342,10 @@ impl<'a> Rotation<'a> {
             )?;
             failpoint("rotate.after_switch");
             let key = self.key(new_version)?;
-            let mut event = Event::new(self.domain(), "key.activated").key(&key);
+            let mut event = Event::new(self.domain(), "key.activated")
+                .key(&key)
+                .detail("self_test", "passed")
+                .detail("check_value", key.check_value.as_deref().unwrap_or(""));
             if let Some(old) = run.old_version {
                 event = event.detail("deprecated_version", old);
             }
