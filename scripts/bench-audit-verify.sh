@@ -13,6 +13,7 @@ set -euo pipefail
 
 lines=${1:-1000000}
 work=${2:-$(mktemp -d)}
+mkdir -p "$work"
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
