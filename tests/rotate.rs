@@ -464,3 +464,12 @@ fn parallel_domains_share_one_chain() {
         status.stdout
     );
 }
+
+#[test]
+fn domain_named_like_lock_files_rotates() {
+    // The PKCS#11 call lock lives in the same folder as the domain locks.
+    let env = Env::new(&[DomainSpec::new("hsm", "aes-256")]);
+    let run = env.run(&["rotate", "--domain", "hsm"]);
+    run.expect_code(0);
+    assert_eq!(run.field("version").as_deref(), Some("1"));
+}

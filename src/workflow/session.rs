@@ -6,6 +6,10 @@ use crate::hsm::{Hsm, HsmSession, ObjectInfo, ObjectKind, Pin};
 use crate::ledger::KeyRow;
 use crate::model::{KeyState, KeyType, LABEL_PREFIX, Usage};
 
+/// Lock file of the PKCS#11 call lock in `lock_dir`. Domain names start with a letter
+/// or digit, so no domain's `<domain>.lock` can be this file.
+const HSM_LOCK_FILE: &str = ".hsm.lock";
+
 /// Reads the PIN and loads the module; the caller logs in with [`login`].
 ///
 /// The PIN file's mode is checked before the module is loaded, so an insecure file
@@ -14,7 +18,7 @@ pub fn open_hsm(config: &Config) -> Result<(Hsm, Pin)> {
     let pin = Pin::new(read_pin(&config.hsm.pin)?);
     let lock_dir = &config.storage.lock_dir;
     std::fs::create_dir_all(lock_dir)
-        .and_then(|_| crate::hsm::serialise_calls(&lock_dir.join("hsm.lock")))
+        .and_then(|_| crate::hsm::serialise_calls(&lock_dir.join(HSM_LOCK_FILE)))
         .map_err(|source| Error::Io {
             action: "failed to open the HSM call lock in",
             path: lock_dir.clone(),
