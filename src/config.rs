@@ -521,8 +521,7 @@ pub fn read_pin(source: &PinSource) -> Result<String, PinError> {
             let mode = meta.mode() & 0o777;
             if mode & 0o077 != 0 {
                 return Err(PinError::Insecure(format!(
-                    "PIN file {} has mode {mode:04o}, readable by group or others\nhint: chmod 600 {}",
-                    path.display(),
+                    "PIN file {} has mode {mode:04o}, readable by group or others\nhint: keep the PIN in a file of its own, owned by the user that runs keyrot, with chmod 600",
                     path.display()
                 )));
             }

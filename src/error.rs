@@ -87,9 +87,13 @@ pub enum Error {
         source: std::io::Error,
     },
     #[error(
-        "interrupted by {signal} after step {step}; the next run with the same domain completes it"
+        "interrupted by {signal} after step {step}\nhint: rerun with --run-id {run_id} to finish; a run with another run id abandons a rotation that has not yet switched keys and finishes one that has"
     )]
-    Interrupted { signal: String, step: String },
+    Interrupted {
+        signal: String,
+        step: String,
+        run_id: String,
+    },
     #[error("{0}")]
     NoPermission(String),
     #[error("internal error: {0}")]

@@ -8,12 +8,15 @@ use clap::error::ErrorKind;
 use keyrot::cli::{self, Cli};
 use keyrot::error::{self, Error, code};
 use keyrot::logging;
-use keyrot::workflow::{Context, Outcome, OutputFormat};
+use keyrot::workflow::{Context, Outcome, OutputFormat, StopFlag};
 
 fn main() -> ExitCode {
     // Every file keyrot creates (ledger and its WAL, logs, locks) is private to its
     // owner. The exported public key is meant to be shared, so the operator copies it.
     nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o077));
+    // Handlers first, so a SIGTERM during start-up is recorded rather than fatal.
+    let stop = StopFlag::default();
+    let installed = stop.install();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) => {
@@ -53,12 +56,9 @@ fn main() -> ExitCode {
     let _entered = span.enter();
 
     let result = catch_unwind(AssertUnwindSafe(|| {
-        let ctx = config.map(|config| Context::new(config, run_id.clone()));
-        if let Some(ctx) = &ctx {
-            ctx.stop
-                .install()
-                .map_err(|e| Error::Software(format!("failed to install signal handlers: {e}")))?;
-        }
+        installed
+            .map_err(|e| Error::Software(format!("failed to install signal handlers: {e}")))?;
+        let ctx = config.map(|config| Context::with_stop(config, run_id.clone(), stop.clone()));
         tracing::info!("started");
         cli::run(&cli, ctx.as_ref(), &run_id)
     }));

@@ -473,3 +473,44 @@ fn domain_named_like_lock_files_rotates() {
     run.expect_code(0);
     assert_eq!(run.field("version").as_deref(), Some("1"));
 }
+
+#[test]
+fn refused_dry_run_changes_nothing() {
+    let mut domain = DomainSpec::new("payments", "aes-256");
+    domain.min_interval = "1d".into();
+    let env = Env::new(&[domain]);
+    env.run(&["rotate", "--domain", "payments"]).expect_code(0);
+    let before = env.snapshot();
+    let run = env.run(&["rotate", "--domain", "payments", "--force", "--dry-run"]);
+    run.expect_code(11);
+    assert_eq!(env.snapshot(), before, "a dry run records no refusal");
+}
+
+#[test]
+fn clap_errors_have_one_prefix() {
+    let env = Env::new(&payments());
+    let run = env.run(&["rotate", "--domain"]);
+    run.expect_code(64);
+    assert!(!run.stderr.contains("error: error:"), "{}", run.stderr);
+}
+
+#[test]
+fn init_reports_replaced_public_key() {
+    let env = Env::new(&payments());
+    env.run(&["init"]).expect_code(0);
+    let genuine = std::fs::read_to_string(env.pubkey()).unwrap();
+    std::fs::write(
+        env.pubkey(),
+        "-----BEGIN PUBLIC KEY-----\nforged\n-----END PUBLIC KEY-----\n",
+    )
+    .unwrap();
+    let run = env.run(&["init"]);
+    run.expect_code(0);
+    assert_eq!(run.field("pubkey_replaced").as_deref(), Some("true"));
+    assert!(
+        run.stderr.contains("did not hold the HSM's checkpoint key"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(std::fs::read_to_string(env.pubkey()).unwrap(), genuine);
+}

@@ -385,5 +385,8 @@ pub fn run(cli: &Cli, ctx: Option<&Context>, run_id: &str) -> Result<Outcome> {
 
 /// Turns a clap error into keyrot's usage error, keeping clap's message.
 pub fn usage_error(error: &clap::Error) -> Error {
-    Error::Usage(error.to_string().trim_end().to_string())
+    // clap starts its message with "error: ", which main's own prefix repeats.
+    let text = error.to_string();
+    let text = text.strip_prefix("error: ").unwrap_or(&text);
+    Error::Usage(text.trim_end().to_string())
 }

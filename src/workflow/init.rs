@@ -27,16 +27,19 @@ pub fn init(ctx: &Context) -> Result<Outcome> {
     let session = login(&hsm, &pin)?;
     let created = ensure_initialised(ctx, &mut ledger, &session)?;
     let public_key = session.audit_public_key()?;
-    export_public_key(ctx, &public_key)?;
-    Ok(Outcome::new(if created {
+    let replaced = export_public_key(ctx, &public_key)?;
+    let mut outcome = Outcome::new(if created {
         "initialized"
     } else {
         "already-initialized"
     })
     .field("ledger", ctx.config.storage.ledger.display())
     .field("audit_log", ctx.config.storage.audit_log.display())
-    .field("pubkey", ctx.config.storage.audit_pubkey.display())
-    .field("run_id", &ctx.run_id))
+    .field("pubkey", ctx.config.storage.audit_pubkey.display());
+    if replaced {
+        outcome = outcome.field("pubkey_replaced", "true");
+    }
+    Ok(outcome.field("run_id", &ctx.run_id))
 }
 
 /// Writes the genesis line and the ledger's audit head if the ledger has none yet.
@@ -84,12 +87,22 @@ pub fn ensure_initialised(
 }
 
 /// Writes the checkpoint public key as PEM, replacing the file only if it differs.
-pub fn export_public_key(ctx: &Context, public_key: &[u8]) -> Result<()> {
+/// Returns whether it replaced a file that held something else, which is logged as
+/// a warning: the file may have been tampered with.
+pub fn export_public_key(ctx: &Context, public_key: &[u8]) -> Result<bool> {
     let path = &ctx.config.storage.audit_pubkey;
     let pem = public_key_pem(public_key)
         .map_err(|e| Error::Software(format!("failed to encode the checkpoint public key: {e}")))?;
-    if std::fs::read_to_string(path).is_ok_and(|old| old == pem) {
-        return Ok(());
+    let old = std::fs::read_to_string(path).ok();
+    if old.as_deref() == Some(pem.as_str()) {
+        return Ok(false);
+    }
+    let replaced = old.is_some();
+    if replaced {
+        tracing::warn!(
+            path = %path.display(),
+            "replacing a public key file that did not hold the HSM's checkpoint key; check who changed it"
+        );
     }
     let io_error = |source| Error::Io {
         action: "failed to write public key",
@@ -110,7 +123,7 @@ pub fn export_public_key(ctx: &Context, public_key: &[u8]) -> Result<()> {
     file.write_all(pem.as_bytes()).map_err(io_error)?;
     file.sync_all().map_err(io_error)?;
     std::fs::rename(&temporary, path).map_err(io_error)?;
-    Ok(())
+    Ok(replaced)
 }
 
 /// Reads an audit file that contains exactly one valid genesis line, returning its head,

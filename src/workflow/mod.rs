@@ -37,11 +37,17 @@ pub struct Context {
 
 impl Context {
     pub fn new(config: Config, run_id: String) -> Context {
+        Context::with_stop(config, run_id, StopFlag::default())
+    }
+
+    /// Builds a context whose workflows poll `stop`, usually the flag whose signal
+    /// handlers `main` installed.
+    pub fn with_stop(config: Config, run_id: String, stop: StopFlag) -> Context {
         Context {
             config,
             run_id,
             actor: Actor::current(),
-            stop: StopFlag::default(),
+            stop,
         }
     }
 
@@ -56,6 +62,7 @@ impl Context {
             Some(signal) => Err(Error::Interrupted {
                 signal: signal.to_string(),
                 step: step.to_string(),
+                run_id: self.run_id.clone(),
             }),
             None => Ok(()),
         }
@@ -215,8 +222,15 @@ pub fn validate_run_id(run_id: &str) -> Result<()> {
     if valid {
         Ok(())
     } else {
+        // An overlong id is shown cut, so the message stays one readable line.
+        let shown: String = run_id.chars().take(70).collect();
+        let cut = if shown.len() < run_id.len() {
+            "…"
+        } else {
+            ""
+        };
         Err(Error::Usage(format!(
-            "invalid run id {run_id:?}: use 1 to 64 letters, digits, '.', '_', '-' or ':'"
+            "invalid run id {shown:?}{cut}: use 1 to 64 letters, digits, '.', '_', '-' or ':'"
         )))
     }
 }

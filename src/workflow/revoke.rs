@@ -134,7 +134,7 @@ pub fn revoke(ctx: &Context, request: &RevokeRequest) -> Result<Outcome> {
 fn require_emergency_flag(request: &RevokeRequest, key: &KeyRow, action: Action) -> Result<()> {
     if action == Action::EmergencyRevoke && !request.emergency {
         return Err(Error::Usage(format!(
-            "key v{} of domain {} is active; revoking it rotates the domain to a new key first\nhint: rerun with --emergency",
+            "key v{} of domain {} is active; revoking it rotates the domain to a new key first\nhint: rerun with --emergency and --approval FILE, a revoke approval for this version signed with `keyrot approve`",
             key.version, key.domain
         )));
     }

@@ -172,11 +172,11 @@ impl<'a> Rotation<'a> {
         // Due check and rate limits.
         let now = self.ctx.now();
         if let Err(error) = self.check_clock(now) {
-            return Err(auth.refuse(self.ctx, self.ledger, "clock", error));
+            return Err(self.refuse(auth, request, "clock", error));
         }
         let active = keys.iter().find(|k| k.state == KeyState::Active);
         if let Err(error) = auth.check_active_version(active.map(|k| k.version)) {
-            return Err(auth.refuse(self.ctx, self.ledger, "approval", error));
+            return Err(self.refuse(auth, request, "approval", error));
         }
         let due_at = active
             .and_then(|k| k.activated_at)
@@ -510,6 +510,21 @@ impl<'a> Rotation<'a> {
     /// Applies `min_interval` (non-emergency runs only) and `max_per_day` (every run),
     /// both from the ledger, and returns the rotations of the last 24 hours. A refusal
     /// is recorded in the audit trail and names the time the next rotation is allowed.
+    /// Records a refusal in the audit trail and returns `error`; a dry run records
+    /// nothing, because it promises to change nothing.
+    fn refuse(
+        &mut self,
+        auth: &Authorisation,
+        request: &RotateRequest,
+        check: &'static str,
+        error: Error,
+    ) -> Error {
+        if request.dry_run {
+            return error;
+        }
+        auth.refuse(self.ctx, self.ledger, check, error)
+    }
+
     fn check_rate_limits(
         &mut self,
         activated_at: Option<i64>,
@@ -531,7 +546,7 @@ impl<'a> Rotation<'a> {
                     self.settings.min_interval,
                     format_time_seconds(allowed)
                 ));
-                return Err(auth.refuse(self.ctx, self.ledger, "min_interval", error));
+                return Err(self.refuse(auth, request, "min_interval", error));
             }
         }
         let starts = self
@@ -549,7 +564,7 @@ impl<'a> Rotation<'a> {
                 self.settings.max_per_day,
                 format_time_seconds(allowed)
             ));
-            return Err(auth.refuse(self.ctx, self.ledger, "max_per_day", error));
+            return Err(self.refuse(auth, request, "max_per_day", error));
         }
         Ok(recent)
     }

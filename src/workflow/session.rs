@@ -109,7 +109,7 @@ pub fn check_key(inventory: &[ObjectInfo], key: &KeyRow) -> Vec<Mismatch> {
                     found.push(mismatch(
                         "USAGE_MISMATCH",
                         format!("{kind:?} usage for state {}", key.state),
-                        format!("{:?}", object.flags),
+                        describe_flags(&object.flags),
                     ));
                 }
                 let exposed = object.sensitive != Some(true)
@@ -175,4 +175,26 @@ pub fn keys_to_converge<'a>(inventory: &[ObjectInfo], keys: &'a [KeyRow]) -> Vec
                 .any(|m| m.code == "USAGE_MISMATCH")
         })
         .collect()
+}
+
+/// Lists the usage flags that are set, such as `decrypt, unwrap`, or `none`.
+fn describe_flags(flags: &crate::hsm::UsageFlags) -> String {
+    let named = [
+        ("encrypt", flags.encrypt),
+        ("decrypt", flags.decrypt),
+        ("sign", flags.sign),
+        ("verify", flags.verify),
+        ("wrap", flags.wrap),
+        ("unwrap", flags.unwrap),
+    ];
+    let set: Vec<&str> = named
+        .iter()
+        .filter(|(_, on)| *on)
+        .map(|(n, _)| *n)
+        .collect();
+    if set.is_empty() {
+        "no usage flags".into()
+    } else {
+        format!("usage flags {}", set.join(", "))
+    }
 }
