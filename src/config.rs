@@ -434,6 +434,18 @@ impl Config {
                     "allow at least one rotation a day",
                 ));
             }
+            if let Some(alert) = d.alert_per_day
+                && alert >= d.max_per_day
+            {
+                return Err(value_error(
+                    &format!("{key}.alert_per_day"),
+                    format!(
+                        "{alert} is not below max_per_day {}, so the alert could never fire",
+                        d.max_per_day
+                    ),
+                    "set alert_per_day below max_per_day, or remove it",
+                ));
+            }
             domains.push(DomainSettings {
                 name: d.name,
                 key_type: d.key_type,
@@ -676,5 +688,15 @@ rotate_every = "90d"
             "pin_file = \"pin\"\npin_env = \"PIN\"",
         );
         assert!(parse(&text).is_err());
+    }
+
+    #[test]
+    fn unreachable_alert_is_rejected() {
+        let text = MINIMAL.replace(
+            "rotate_every = \"90d\"",
+            "rotate_every = \"90d\"\nmax_per_day = 3\nalert_per_day = 3",
+        );
+        let message = parse(&text).unwrap_err().to_string();
+        assert!(message.contains("alert_per_day"), "{message}");
     }
 }

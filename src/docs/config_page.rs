@@ -191,7 +191,7 @@ const DOMAIN: [Key; 7] = [
         name: "alert_per_day",
         kind: "integer, default: none",
         text: "Rotations in 24 hours above which an alert event is recorded in the audit \
-               trail. Without it no alert is recorded.",
+               trail; must be below max_per_day. Without it no alert is recorded.",
     },
     Key {
         name: "keep_deprecated",
