@@ -28,7 +28,7 @@ impl KeyType {
         }
     }
 
-    /// Whether the key is an asymmetric pair (a private and a public object).
+    /// Returns whether the key is an asymmetric pair (a private and a public object).
     pub fn is_pair(self) -> bool {
         !matches!(self, KeyType::Aes256)
     }
@@ -83,7 +83,7 @@ impl KeyState {
         }
     }
 
-    /// Whether the state model allows moving from `self` to `next`.
+    /// Returns whether the state model allows moving from `self` to `next`.
     pub fn can_become(self, next: KeyState) -> bool {
         use KeyState::*;
         matches!(

@@ -65,7 +65,7 @@ pub fn ensure_initialised(
     let existing = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
     let (head, log_id) = if existing > 0 {
         // A run that died between writing the genesis line and recording its head
-        // leaves a file holding only that line; anything longer is not ours to adopt.
+        // leaves a file with only that line. A longer file is not ours to adopt.
         let genesis = read_lone_genesis(path)?;
         if genesis.1 != fingerprint {
             return Err(Error::Inconsistent(format!(
@@ -126,8 +126,8 @@ pub fn export_public_key(ctx: &Context, public_key: &[u8]) -> Result<bool> {
     Ok(replaced)
 }
 
-/// Reads an audit file that contains exactly one valid genesis line, returning its head,
-/// checkpoint key fingerprint and log id; any other file is an inconsistency.
+/// Reads an audit file that contains exactly one valid genesis line, and returns its
+/// head, checkpoint key fingerprint and log id. Any other file is an inconsistency.
 fn read_lone_genesis(path: &Path) -> Result<(audit::AuditHead, String, String)> {
     let report = audit::verify(path, &audit::VerifyOptions::default())?;
     let refuse = |why: &str| {
