@@ -651,23 +651,7 @@ impl Ledger {
             if let Some(run_id) = burn(tx, start, approval)? {
                 return Ok(StartResult::NonceUsed { run_id });
             }
-            tx.execute(
-                "INSERT INTO runs (run_id, domain, kind, step, new_version, old_version, actor,
-                                   emergency, started_at, target_version, reason)
-                 VALUES (?1, ?2, ?3, 'started', ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
-                params![
-                    start.run_id,
-                    start.domain,
-                    start.kind,
-                    start.new_version,
-                    start.old_version,
-                    start.actor,
-                    start.emergency,
-                    start.now,
-                    start.target_version,
-                    start.reason
-                ],
-            )?;
+            insert_run(tx, start, true)?;
             tx.execute(
                 "INSERT INTO keys (domain, version, key_id, label, key_type, state, created_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, 'pending', ?6)",
@@ -709,21 +693,7 @@ impl Ledger {
             if let Some(run_id) = burn(tx, start, approval)? {
                 return Ok(StartResult::NonceUsed { run_id });
             }
-            tx.execute(
-                "INSERT INTO runs (run_id, domain, kind, step, actor, emergency, started_at,
-                                   target_version, reason)
-                 VALUES (?1, ?2, ?3, 'started', ?4, ?5, ?6, ?7, ?8)",
-                params![
-                    start.run_id,
-                    start.domain,
-                    start.kind,
-                    start.actor,
-                    start.emergency,
-                    start.now,
-                    start.target_version,
-                    start.reason
-                ],
-            )?;
+            insert_run(tx, start, false)?;
             Ok(StartResult::Started)
         })
     }
@@ -988,6 +958,38 @@ fn burn(
 }
 
 /// Moves the stored audit head forward to `head`. A head at or before the stored one
+/// Inserts the run row of `start` at step `started`; `creates_key` records its new
+/// and old versions, which a run that creates no key leaves empty.
+fn insert_run(
+    tx: &rusqlite::Transaction<'_>,
+    start: &RotationStart<'_>,
+    creates_key: bool,
+) -> rusqlite::Result<()> {
+    let (new_version, old_version) = if creates_key {
+        (Some(start.new_version), start.old_version)
+    } else {
+        (None, None)
+    };
+    tx.execute(
+        "INSERT INTO runs (run_id, domain, kind, step, new_version, old_version, actor,
+                           emergency, started_at, target_version, reason)
+         VALUES (?1, ?2, ?3, 'started', ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+        params![
+            start.run_id,
+            start.domain,
+            start.kind,
+            new_version,
+            old_version,
+            start.actor,
+            start.emergency,
+            start.now,
+            start.target_version,
+            start.reason
+        ],
+    )?;
+    Ok(())
+}
+
 /// changes nothing, so a head stored late cannot move it back.
 fn update_head(tx: &rusqlite::Transaction<'_>, head: &HeadRow) -> rusqlite::Result<()> {
     tx.execute(
