@@ -122,7 +122,7 @@ pub(crate) struct Tip {
     pub end: u64,
 }
 
-/// What the genesis record names.
+/// Fields that the genesis record names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Genesis {
     pub log_id: String,

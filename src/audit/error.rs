@@ -70,7 +70,7 @@ pub struct Divergence {
     pub path: PathBuf,
     /// Byte offset of the line's first byte.
     pub offset: u64,
-    /// 1-based line number when the writer knows it. The writer reads only the
+    /// 1-based line number, when the writer has it. The writer reads only the
     /// file's tail, so for lines after the genesis line it names the byte offset only.
     pub line: Option<u64>,
     pub seq: u64,

@@ -11,7 +11,7 @@ pub(crate) const PARTIAL_WRITE: &str = "audit.partial_write";
 pub(crate) const BEFORE_SYNC: &str = "audit.before_sync";
 pub(crate) const AFTER_WRITE: &str = "audit.after_write";
 
-/// Whether `KEYROT_FAILPOINT` names `name`.
+/// Returns whether `KEYROT_FAILPOINT` names `name`.
 pub(crate) fn is_set(name: &str) -> bool {
     std::env::var("KEYROT_FAILPOINT").is_ok_and(|value| value == name)
 }

@@ -185,7 +185,7 @@ pub struct Record {
     pub detail: Detail,
 }
 
-/// Whether `name` is a valid event name: 1 to 64 bytes of `a-z`, `0-9`, `.`, `_`, `-`,
+/// Returns whether `name` is a valid event name: 1 to 64 bytes of `a-z`, `0-9`, `.`, `_`, `-`,
 /// starting with a letter or digit.
 pub(crate) fn is_valid_event(name: &[u8]) -> bool {
     let allowed = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(b);
@@ -195,7 +195,7 @@ pub(crate) fn is_valid_event(name: &[u8]) -> bool {
         && name.iter().all(allowed)
 }
 
-/// Whether `s` is `len` lowercase hex digits. Folds without short-circuiting so that
+/// Returns whether `s` is `len` lowercase hex digits. Folds without short-circuiting so that
 /// the compiler can vectorise the loop, because the verifier runs it twice a line.
 pub(crate) fn is_lower_hex(s: &[u8], len: usize) -> bool {
     s.len() == len

@@ -160,7 +160,7 @@ impl<'a> Scanner<'a> {
         })
     }
 
-    /// Reads `<sep>"<name>":` where `name` is `fields[index]`, and otherwise says
+    /// Reads `<sep>"<name>":` where `name` is `fields[index]`, and otherwise reports
     /// whether the key found is unknown, repeated or out of order.
     fn field(&mut self, sep: u8, fields: &[&str], index: usize) -> Result<(), ParseError> {
         let name = fields[index];

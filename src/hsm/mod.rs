@@ -74,7 +74,7 @@ static CALL_LOCK: OnceLock<File> = OnceLock::new();
 ///
 /// NOTE: SoftHSM 2.6.1's file object store is not safe for concurrent writers in
 /// several processes: a process reading an object or `token.object` while another
-/// writes it sees no token, `CKR_GENERAL_ERROR`, or garbled attribute values. Only
+/// writes it gets no token, `CKR_GENERAL_ERROR`, or garbled attribute values. Only
 /// the calls are serialised, so runs on different domains still interleave.
 pub fn serialise_calls(path: &Path) -> std::io::Result<()> {
     if CALL_LOCK.get().is_some() {

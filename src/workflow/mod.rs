@@ -69,9 +69,9 @@ impl Context {
     }
 }
 
-/// Set by the SIGTERM and SIGINT handlers; workflows poll it at step boundaries, so
-/// the HSM call in flight always finishes. A second signal of the same kind
-/// terminates the process at once.
+/// Stop request raised by the SIGTERM and SIGINT handlers. Workflows poll it only at
+/// step boundaries, so an HSM call in flight finishes first. A second signal of the
+/// same kind terminates the process at once (the default action).
 #[derive(Clone, Default)]
 pub struct StopFlag {
     term: Arc<AtomicBool>,

@@ -5,10 +5,10 @@
 //! (pending row), generate, self-test, switch (one transaction), retention, converge
 //! the HSM usage flags to the ledger, postconditions and seal.
 //!
-//! An unfinished rotation left by another run id is handled by one rule: if it had
-//! not yet switched keys it is abandoned (its pending key destroyed, an audit line
-//! written); if it had switched, its remaining steps are completed (adopted). The
-//! lock guarantees its owner is gone, because a live owner would still hold it.
+//! An unfinished rotation left by another run id is settled by one rule. If it had
+//! not yet switched keys, it is abandoned: its pending key is destroyed and an audit
+//! line written. If it had switched, its remaining steps are completed (adopted).
+//! The lock guarantees its owner is gone, because a live owner would still hold it.
 
 use std::path::PathBuf;
 
